@@ -1,0 +1,127 @@
+"""Candidate generation on Ray Data: exact top-K items per user by two-tower dot product."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayml.batch.config import CandidateJobConfig
+from rayml.config import init_ray
+from rayml.features import FeatureEncoder, resolve_snapshot
+from rayml.models.export import ort_session
+from rayml.registry import ModelRegistry
+
+MANIFEST = "_manifest.json"
+SCORE_BLOCK = 1024  # users scored against all items at once: bounds the [block, items] matrix
+
+
+class CandidateScorer:
+    """Ray Data actor: encodes users, embeds them with the ONNX user tower, keeps the top-K items."""
+
+    def __init__(self, model_dir: str, top_k: int, version_label: str) -> None:
+        model_dir_path = Path(model_dir)
+        self.encoder = FeatureEncoder.load(model_dir_path / "user_encoder.json")
+        self.session = ort_session(model_dir_path / "user_tower.onnx")
+        self.item_emb = np.load(model_dir_path / "item_embeddings.npy")  # [I, E+1]
+        self.item_ids = np.load(model_dir_path / "item_ids.npy")  # [I]
+        self.top_k = min(top_k, len(self.item_ids))
+        self.version_label = version_label
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        user_emb = self.session.run(None, {"user_features": self.encoder.transform(batch)})[0]  # [B, E+1]
+        k = self.top_k
+        items = np.empty((len(user_emb), k), np.int64)
+        scores = np.empty((len(user_emb), k), np.float32)
+        for lo in range(0, len(user_emb), SCORE_BLOCK):
+            block = user_emb[lo : lo + SCORE_BLOCK] @ self.item_emb.T  # [b, I]
+            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+            top_scores = np.take_along_axis(block, top, 1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            items[lo : lo + len(block)] = self.item_ids[np.take_along_axis(top, order, 1)]
+            scores[lo : lo + len(block)] = np.take_along_axis(top_scores, order, 1)
+        return pa.table(
+            {
+                "user_id": batch["user_id"],
+                "items": pa.FixedSizeListArray.from_arrays(pa.array(items.ravel()), k),
+                "scores": pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel()), k),
+                "model_version": pa.array([self.version_label] * len(items)),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class CandidateSummary:
+    output: str
+    users_path: str
+    model_version: str
+    rows: int
+    top_k: int
+    seconds: float
+    reused: bool = False
+
+
+def read_manifest(output: str | Path) -> dict | None:
+    path = Path(output) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def generate_candidates(config: CandidateJobConfig, force: bool = False) -> CandidateSummary:
+    """Run the job on Ray (the cluster in ``RAY_ADDRESS``, else a local one started here).
+
+    The model is resolved and verified before any work starts. Output goes to a staging directory
+    renamed into place at the end, so readers never see a partial result. When ``output`` already
+    holds candidates from the same model version and users path, it is reused unless ``force``.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    version = ModelRegistry(config.registry).get(config.model, config.alias)
+    users = resolve_snapshot(config.users)
+    manifest = read_manifest(config.output)
+    if (
+        not force
+        and manifest
+        and manifest["model_version"] == version.label
+        and manifest["users_path"] == str(users.resolve())
+        and manifest["top_k"] == config.top_k
+    ):
+        return CandidateSummary(**{**manifest, "reused": True})
+    init_ray()
+    started = time.perf_counter()
+    output = Path(config.output)
+    staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
+    pool = config.actors
+    ds = ray.data.read_parquet(str(users.resolve())).map_batches(
+        CandidateScorer,
+        fn_constructor_kwargs={"model_dir": str(version.path.resolve()), "top_k": config.top_k, "version_label": version.label},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+    )
+    ds.write_parquet(str(staging.resolve()))
+    rows = pq.ParquetDataset(staging).read(columns=["user_id"]).num_rows
+    summary = CandidateSummary(
+        output=str(output), users_path=str(users.resolve()), model_version=version.label,
+        rows=rows, top_k=config.top_k, seconds=round(time.perf_counter() - started, 3),
+    )
+    (staging / MANIFEST).write_text(json.dumps(asdict(summary), indent=1))
+    if output.exists():
+        trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(output, trash)
+        os.rename(staging, output)
+        shutil.rmtree(trash)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, output)
+    return summary

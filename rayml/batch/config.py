@@ -1,0 +1,35 @@
+"""Schemas for batch job configs (``configs/batch/*.yaml``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from rayml.config import StrictModel
+
+
+class ActorPool(StrictModel):
+    """Ray Data actor pool. Fractional CPUs keep read/write tasks schedulable on 2 cores."""
+
+    min_size: int = Field(1, ge=1, le=10_000)
+    max_size: int = Field(2, ge=1, le=10_000)
+    num_cpus: float = Field(0.5, gt=0, le=64, description="CPUs reserved per actor; < 1 on small boxes.")
+    num_gpus: float = Field(0.0, ge=0, le=8)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActorPool:
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size={self.max_size} must be >= min_size={self.min_size}")
+        return self
+
+
+class CandidateJobConfig(StrictModel):
+    """Top-K candidate items for every user from the retriever's embeddings."""
+
+    users: str = Field(description="User-feature Parquet: a file, a directory, or a directory of valid_from=… snapshots (latest is used).")
+    registry: str = Field(description="Registry root directory.")
+    model: str = Field("retriever", description="Registry model name of the two-tower retriever.")
+    alias: str = Field("production", description="Version or alias to use.")
+    output: str = Field(description="Output directory; replaced atomically when the job succeeds.")
+    top_k: int = Field(100, ge=1, le=10_000, description="Candidates kept per user.")
+    batch_size: int = Field(4096, ge=1, le=1_000_000, description="Users per Ray Data batch.")
+    actors: ActorPool = ActorPool()

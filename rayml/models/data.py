@@ -1,0 +1,71 @@
+"""Training data for the slice: encoded user/item matrices plus the impression log as indices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rayml.features import FeatureEncoder
+from rayml.world import World
+
+
+def holdout_mask(user_ids: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Deterministic per-user split: True for users kept out of training."""
+    mixed = (np.asarray(user_ids, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(seed)) % np.uint64(10_000)
+    return mixed < np.uint64(int(fraction * 10_000))
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything a model in the slice trains on.
+
+    Attributes:
+        user_ids: [U] sorted user ids; row i of ``user_x`` belongs to ``user_ids[i]``.
+        user_x: [U, Fu] encoded user features.
+        item_ids: [I] sorted item ids; row j of ``item_x`` belongs to ``item_ids[j]``.
+        item_x: [I, Fi] encoded item features.
+        event_user: [E] row index into ``user_x`` of each impression.
+        event_item: [E] row index into ``item_x``.
+        label: [E] 1.0 when the impression was clicked.
+        is_holdout: [E] True when the impression's user is held out for evaluation.
+    """
+
+    user_encoder: FeatureEncoder
+    item_encoder: FeatureEncoder
+    user_ids: np.ndarray
+    user_x: np.ndarray
+    item_ids: np.ndarray
+    item_x: np.ndarray
+    event_user: np.ndarray
+    event_item: np.ndarray
+    label: np.ndarray
+    is_holdout: np.ndarray
+
+    def pairs(self, rows: np.ndarray) -> np.ndarray:
+        """Ranker input [n, Fu + Fi] for the impressions at ``rows``."""
+        return np.concatenate([self.user_x[self.event_user[rows]], self.item_x[self.event_item[rows]]], axis=1)
+
+
+def load_training_data(world: World, holdout_fraction: float = 0.1, seed: int = 0) -> TrainingData:
+    """Fit encoders on the world's features and index the impression log against them."""
+    users = world.user_features_table()
+    items = world.item_features_table()
+    user_encoder = FeatureEncoder.fit(users, "user_id")
+    item_encoder = FeatureEncoder.fit(items, "item_id")
+    user_ids = users["user_id"].to_numpy()
+    item_ids = items["item_id"].to_numpy()
+    events = world.events_dataset().to_table(columns=["user_id", "item_id", "clicked"])
+    ev_users = events["user_id"].to_numpy()
+    return TrainingData(
+        user_encoder=user_encoder,
+        item_encoder=item_encoder,
+        user_ids=user_ids,
+        user_x=user_encoder.transform(users),
+        item_ids=item_ids,
+        item_x=item_encoder.transform(items),
+        event_user=np.searchsorted(user_ids, ev_users),
+        event_item=np.searchsorted(item_ids, events["item_id"].to_numpy()),
+        label=events["clicked"].to_numpy(zero_copy_only=False).astype(np.float32),
+        is_holdout=holdout_mask(ev_users, holdout_fraction, seed),
+    )

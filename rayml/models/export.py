@@ -1,0 +1,68 @@
+"""ONNX export with a dynamic batch axis and a parity check against torch."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Result of comparing ONNX Runtime against torch on the same inputs."""
+
+    max_abs_diff: float
+    tolerance: float
+    rows: int
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {"max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "rows": self.rows, "passed": self.passed}
+
+
+def ort_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU inference session with a fixed thread count (threads compete with Ray on small boxes)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(
+    module: nn.Module,
+    sample: np.ndarray,
+    path: str | Path,
+    input_name: str,
+    output_name: str,
+    tolerance: float = 1e-4,
+) -> Parity:
+    """Export ``module`` (one float32 input [N, F] → one output) and check parity on ``sample``."""
+    module = module.eval().cpu()
+    example = torch.from_numpy(sample[:8].astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    with torch.no_grad():
+        expected = module(torch.from_numpy(sample.astype(np.float32))).numpy()
+    got = ort_session(path).run([output_name], {input_name: sample.astype(np.float32)})[0]
+    diff = float(np.max(np.abs(expected - got))) if len(sample) else 0.0
+    return Parity(max_abs_diff=diff, tolerance=tolerance, rows=len(sample))

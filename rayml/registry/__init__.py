@@ -1,0 +1,7 @@
+"""Model registry: immutable versions with checksums, aliases and their history."""
+
+from __future__ import annotations
+
+from rayml.registry.store import ArtifactCorruptError, ModelRegistry, ModelVersion, RegistryError
+
+__all__ = ["ArtifactCorruptError", "ModelRegistry", "ModelVersion", "RegistryError"]

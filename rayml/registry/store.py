@@ -196,3 +196,13 @@ class ModelRegistry:
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def rollback(self, name: str, alias: str) -> int:
+        """Point ``alias`` back to the version it had before its latest move; returns that version."""
+        current = self.aliases(name).get(alias)
+        if current is None:
+            raise RegistryError(f"{name}: no alias {alias!r} to roll back")
+        moves = [m for m in self.alias_history(name) if m["alias"] == alias]
+        if not moves or moves[-1]["to"] != current or moves[-1]["from"] is None:
+            raise RegistryError(f"{name}: alias {alias!r} has no earlier version to roll back to")
+        return self.set_alias(name, alias, moves[-1]["from"], reason=f"rollback from v{current}")

@@ -1,0 +1,45 @@
+# rayml: `make demo` serves the demo recommender, `make test` runs the suite. Both install into .venv first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := .rayml/demo
+PYTEST_ARGS ?=
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: help install demo demo-data test test-unit lint bench clean
+
+help: ## Show the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install rayml with its dev tools (only when pyproject changed).
+
+demo-data: install ## Build the demo world, train and register models, generate candidates (reuses what exists).
+	$(BIN)/rayml world build configs/world/demo.yaml --out $(DEMO)/world
+	$(BIN)/rayml models train configs/models/demo.yaml --world $(DEMO)/world --registry $(DEMO)/registry
+	$(BIN)/python batch_jobs/generate_candidates.py --config configs/batch/candidates.yaml
+
+demo: demo-data ## Everything in demo-data, then `serve run serve_apps/recommender.yaml` in the foreground.
+	$(BIN)/rayml serve serve_apps/recommender.yaml
+
+test: install ## Run every test tier (unit, integration, e2e).
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install ## Only the fast tests that need no Ray.
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy.
+	$(BIN)/ruff check rayml serve_apps batch_jobs benchmarks tests
+	$(BIN)/mypy
+
+bench: install ## Benchmarks; each prints one JSON line per measurement.
+	$(BIN)/python benchmarks/world_build.py
+
+clean: ## Remove demo data (keeps .venv).
+	rm -rf $(DEMO)

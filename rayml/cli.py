@@ -1,0 +1,179 @@
+"""The ``rayml`` command line: build worlds, train models, inspect and move registry aliases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rayml.config import ConfigError, load_config
+from rayml.registry import ModelRegistry, RegistryError
+
+app = typer.Typer(help="rayml: run ML models in production on Ray.", no_args_is_help=True, add_completion=False)
+world_app = typer.Typer(help="Synthetic worlds.", no_args_is_help=True)
+models_app = typer.Typer(help="Train and publish models.", no_args_is_help=True)
+registry_app = typer.Typer(help="Model registry.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+app.add_typer(models_app, name="models")
+app.add_typer(registry_app, name="registry")
+console = Console()
+
+RegistryOpt = Annotated[Path, typer.Option("--registry", help="Registry root directory.")]
+DEFAULT_REGISTRY = Path(".rayml/demo/registry")
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+@world_app.command("build")
+def world_build(
+    config: Annotated[Path, typer.Argument(help="World config YAML (configs/world/*.yaml).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    force: Annotated[bool, typer.Option(help="Rebuild even if the same world exists.")] = False,
+    events: Annotated[bool, typer.Option(help="Write the impression log.")] = True,
+) -> None:
+    """Build a synthetic world (reused when ``out`` already holds the same config)."""
+    from rayml.world import World, WorldConfig, WorldNotFoundError, build_world
+
+    try:
+        cfg = load_config(config, WorldConfig)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if not force:
+        try:
+            existing = World(out)
+            if existing.config == cfg:
+                console.print(f"world at {out} is up to date ({existing.meta['n_events']:,} events); reusing it")
+                return
+        except WorldNotFoundError:
+            pass
+    summary = build_world(cfg, out, events=events)
+    console.print(
+        f"built world at {out}: {summary.n_users:,} users, {summary.n_items:,} items, "
+        f"{summary.n_events:,} events, CTR {summary.ctr:.3f}"
+    )
+
+
+@models_app.command("train")
+def models_train(
+    config: Annotated[Path, typer.Argument(help="Models config YAML (configs/models/*.yaml).")],
+    world: Annotated[Path, typer.Option(help="World directory to train on.")],
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+    alias: Annotated[str, typer.Option(help="Alias to point at the new versions.")] = "production",
+    force: Annotated[bool, typer.Option(help="Train even if `alias` already serves models of this world.")] = False,
+) -> None:
+    """Train the ranker and the two-tower retriever, export to ONNX, register, and set ``alias``."""
+    from rayml.models import RANKER, RETRIEVER, ModelsConfig, train_and_publish
+    from rayml.models.publish import world_lineage
+    from rayml.world import World, WorldNotFoundError
+
+    try:
+        cfg = load_config(config, ModelsConfig)
+        w = World(world)
+    except (ConfigError, WorldNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    reg = ModelRegistry(registry)
+    if not force:
+        digest = world_lineage(w)["world_digest"]
+        try:
+            current = [reg.get(m, alias, verify=False) for m in (RANKER, RETRIEVER)]
+            if all(v.metadata["lineage"]["world_digest"] == digest and v.metadata["params"] == p
+                   for v, p in zip(current, (cfg.ranker.model_dump(mode="json"), cfg.retriever.model_dump(mode="json")), strict=True)):
+                console.print(f"{alias}: {current[0].label} and {current[1].label} already trained on this world; reusing them")
+                return
+        except RegistryError:
+            pass
+    result = train_and_publish(w, cfg, reg, alias=alias)
+    for version, report in ((result.ranker, result.ranker_report), (result.retriever, result.retriever_report)):
+        console.print(
+            f"registered {version.label} → {alias}: holdout AUC {report.holdout_auc:.4f}, "
+            f"parity {version.metadata['parity']['max_abs_diff']:.1e}, device {report.device}"
+        )
+
+
+@registry_app.command("list")
+def registry_list(registry: RegistryOpt = DEFAULT_REGISTRY) -> None:
+    """Every model version with its aliases and headline metric."""
+    reg = ModelRegistry(registry)
+    table = Table("model", "version", "aliases", "holdout AUC", "parity", "created")
+    for name in reg.models():
+        aliases = reg.aliases(name)
+        for number in reg.versions(name):
+            meta = reg.get(name, number, verify=False).metadata
+            names = ", ".join(a for a, v in sorted(aliases.items()) if v == number)
+            auc = meta.get("metrics", {}).get("holdout_auc")
+            table.add_row(
+                name, str(number), names, f"{auc:.4f}" if auc is not None else "-",
+                "ok" if meta.get("parity", {}).get("passed") else "FAILED", meta["created_at"],
+            )
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version number or alias.")] = "production",
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """Metadata of one version (checksums verified)."""
+    try:
+        v = ModelRegistry(registry).get(model, version)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    console.print_json(json.dumps(v.metadata))
+
+
+@registry_app.command("promote")
+def registry_promote(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version number or alias to promote.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """Point an alias at a version (refused if the version is missing, corrupt, or failed parity)."""
+    reg = ModelRegistry(registry)
+    try:
+        v = reg.get(model, version)
+        if not v.metadata.get("parity", {}).get("passed", False):
+            raise RegistryError(f"{v.label} failed its ONNX parity check; refusing to promote it")
+        reg.set_alias(model, alias, v.version, reason="promote")
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{model}: {alias} → v{v.version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Option(help="Alias to roll back.")] = "production",
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """Move an alias back to the version it pointed at before its latest move."""
+    try:
+        number = ModelRegistry(registry).rollback(model, alias)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{model}: {alias} → v{number} (rolled back)")
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Path, typer.Argument(help="Serve config YAML.")] = Path("serve_apps/recommender.yaml"),
+    user_id: Annotated[int, typer.Option(help="User id used in the printed example request.")] = 42,
+) -> None:
+    """`serve run CONFIG` in the foreground; prints a ready-to-paste curl once it answers."""
+    from rayml.serving.launcher import serve_foreground
+
+    if not config.is_file():
+        raise _fail(f"{config}: config file not found")
+    raise typer.Exit(serve_foreground(config, json.dumps({"user_id": user_id, "k": 5})))
+
+
+def main() -> None:
+    app()

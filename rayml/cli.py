@@ -20,7 +20,7 @@ registry_app = typer.Typer(help="Model registry.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(models_app, name="models")
 app.add_typer(registry_app, name="registry")
-console = Console()
+console = Console(soft_wrap=True)
 
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="Registry root directory.")]
 DEFAULT_REGISTRY = Path(".rayml/demo/registry")

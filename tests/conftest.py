@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny world and trained models (built once per session), free ports, Ray, Serve."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from rayml.models import ModelsConfig, TrainedSlice, train_and_publish
+from rayml.registry import ModelRegistry
+from rayml.world import World, WorldConfig, build_world
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+TINY_WORLD = WorldConfig(
+    seed=3, n_users=2_000, n_items=300, n_categories=10, days=7, impressions_per_user=40, chunk_users=700,
+)
+TINY_MODELS = ModelsConfig.model_validate(
+    {
+        "ranker": {"train": {"epochs": 4, "batch_size": 512, "device": "cpu"}},
+        "retriever": {"train": {"epochs": 4, "batch_size": 512, "device": "cpu"}},
+    }
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    out = tmp_path_factory.mktemp("world") / "world"
+    build_world(TINY_WORLD, out)
+    return World(out)
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRegistry, TrainedSlice]:
+    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    return registry, train_and_publish(tiny_world, TINY_MODELS, registry)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every integration test (start-up costs seconds on 2 cores)."""
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=400 * 1024 * 1024, include_dashboard=False, namespace="rayml-tests")
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()

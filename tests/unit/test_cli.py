@@ -1,0 +1,64 @@
+"""The rayml CLI: reuse on re-run, and clear one-line errors naming the file and key."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from rayml.cli import app
+
+pytestmark = pytest.mark.unit
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False, terminal_width=400)
+
+
+def test_world_build_then_reuse(tmp_path):
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text("n_users: 300\nn_items: 40\ndays: 3\nimpressions_per_user: 5\n")
+    first = run("world", "build", str(cfg), "--out", str(tmp_path / "w"))
+    assert first.exit_code == 0 and "built world" in first.output and "300 users" in first.output
+    second = run("world", "build", str(cfg), "--out", str(tmp_path / "w"))
+    assert second.exit_code == 0 and "up to date" in second.output
+
+
+def test_world_build_bad_key_names_file_and_key(tmp_path):
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text("n_users: 300\nclick: {slope: 2}\n")
+    result = run("world", "build", str(cfg), "--out", str(tmp_path / "w"))
+    assert result.exit_code == 2
+    assert f"{cfg}: unknown key 'click.slope'" in result.output
+    assert not (tmp_path / "w").exists()
+
+
+def test_train_against_missing_world(tmp_path):
+    result = run("models", "train", "configs/models/demo.yaml", "--world", str(tmp_path), "--registry", str(tmp_path / "r"))
+    assert result.exit_code == 2 and "no world here" in result.output
+
+
+def test_registry_commands(trained):
+    registry, _ = trained
+    root = str(registry.root)
+    listing = run("registry", "list", "--registry", root)
+    assert listing.exit_code == 0 and "ranker" in listing.output and "production" in listing.output
+    assert run("registry", "show", "ranker", "1", "--registry", root).exit_code == 0
+    missing = run("registry", "promote", "ranker", "99", "--alias", "canary", "--registry", root)
+    assert missing.exit_code == 2 and "version 99 does not exist" in missing.output
+    ok = run("registry", "promote", "ranker", "1", "--alias", "canary", "--registry", root)
+    assert ok.exit_code == 0 and "canary → v1" in ok.output
+    back = run("registry", "rollback", "ranker", "--alias", "canary", "--registry", root)
+    assert back.exit_code == 2 and "no earlier version" in back.output
+
+
+def test_promote_refuses_failed_parity(tmp_path):
+    from rayml.registry import ModelRegistry
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes(b"x")
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register("ranker", {"model.onnx": src}, {"parity": {"passed": False, "max_abs_diff": 0.3}})
+    result = run("registry", "promote", "ranker", "1", "--registry", str(reg.root))
+    assert result.exit_code == 2 and "failed its ONNX parity check" in result.output
+    assert reg.aliases("ranker") == {}

@@ -1,0 +1,110 @@
+"""Config loading: every shipped YAML validates; bad files give one clear line naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from rayml.batch import CandidateJobConfig
+from rayml.config import ConfigError, load_config, load_settings
+from rayml.models import ModelsConfig
+from rayml.serving import RecommenderArgs
+from rayml.world import WorldConfig
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = {"configs/world": WorldConfig, "configs/models": ModelsConfig, "configs/batch": CandidateJobConfig}
+
+
+def test_every_config_file_loads_through_its_schema():
+    seen = 0
+    for folder, schema in SCHEMAS.items():
+        for path in sorted((REPO / folder).glob("*.yaml")):
+            assert isinstance(load_config(path, schema), schema)
+            seen += 1
+    unclaimed = {p.parent.relative_to(REPO).as_posix() for p in REPO.glob("configs/**/*.yaml")} - set(SCHEMAS)
+    assert not unclaimed, f"config folders without a schema: {unclaimed}"
+    assert seen >= 5
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("serve_apps/*.yaml")), ids=lambda p: p.name)
+def test_serve_configs_validate_with_rays_own_schema(path: Path):
+    raw = yaml.safe_load(path.read_text())
+    schema = ServeDeploySchema.model_validate(raw)
+    for app in schema.applications:
+        RecommenderArgs.model_validate(app.args)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_file_key_and_allowed_keys(tmp_path):
+    path = write(tmp_path, "n_users: 100\nn_user: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, WorldConfig)
+    message = str(err.value)
+    assert message.startswith(f"{path}: unknown key 'n_user'")
+    assert "n_users" in message and "\n" not in message
+
+
+def test_nested_unknown_key(tmp_path):
+    path = write(tmp_path, "drift:\n  label: {enabled: true, delt: 1}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'drift\.label\.delt'; allowed keys: delta, enabled, start_day"):
+        load_config(path, WorldConfig)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = write(tmp_path, "n_users: lots\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: key 'n_users': Input should be a valid integer.*\(got 'lots'\)"):
+        load_config(path, WorldConfig)
+
+
+def test_out_of_bound_value(tmp_path):
+    path = write(tmp_path, "missing_rate: 1.5\n")
+    with pytest.raises(ConfigError, match=r"key 'missing_rate': Input should be less than 1"):
+        load_config(path, WorldConfig)
+
+
+def test_cross_field_rule(tmp_path):
+    path = write(tmp_path, "days: 5\ndrift: {concept: {enabled: true, start_day: 9}}\n")
+    with pytest.raises(ConfigError, match=r"start_day=9 must be < days=5"):
+        load_config(path, WorldConfig)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml", WorldConfig)
+
+
+def test_invalid_yaml_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 2"):
+        load_config(write(tmp_path, "seed: 1\n  days: 2\n"), WorldConfig)
+    with pytest.raises(ConfigError, match=r"expected a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"), WorldConfig)
+
+
+def test_required_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'registry' is required"):
+        load_config(write(tmp_path, "users: a\noutput: b\n"), CandidateJobConfig)
+
+
+def test_overrides_replace_file_values(tmp_path):
+    path = write(tmp_path, "users: a\nregistry: r\noutput: o\n")
+    assert load_config(path, CandidateJobConfig, {"output": "x"}).output == "x"
+
+
+def test_settings_errors_name_the_variable():
+    assert load_settings({"RAYML_OBJECT_STORE_MB": "300"}).object_store_mb == 300
+    with pytest.raises(ConfigError, match="RAYML_OBJECT_STORE_MB"):
+        load_settings({"RAYML_OBJECT_STORE_MB": "big"})
+
+
+def test_recommender_args_reject_bad_k_order():
+    with pytest.raises(ValueError, match="default_k=50 must be <= max_k=10"):
+        RecommenderArgs(registry="r", candidates="c", users="u", items="i", default_k=50, max_k=10)

@@ -1,0 +1,114 @@
+"""The synthetic world: deterministic, well-formed, its click model calibrated, its drift switchable."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from rayml.world import World, WorldConfig, WorldNotFoundError, build_world
+
+pytestmark = pytest.mark.unit
+SMALL = WorldConfig(seed=5, n_users=600, n_items=80, n_categories=6, days=6, impressions_per_user=30, chunk_users=250)
+
+
+def variant(**changes) -> WorldConfig:
+    return WorldConfig.model_validate({**SMALL.model_dump(), **changes})
+
+
+def build(tmp_path, name: str, config: WorldConfig = SMALL) -> World:
+    build_world(config, tmp_path / name)
+    return World(tmp_path / name)
+
+
+def test_same_seed_gives_identical_parquet(tmp_path):
+    a, b = build(tmp_path, "a"), build(tmp_path, "b")
+    for rel in ["items.parquet", "truth/items.parquet", "users/valid_from=2026-01-01/part-00002.parquet",
+                "events/date=2026-01-03/part-00001.parquet"]:
+        assert pq.read_table(a.path / rel).to_pandas().equals(pq.read_table(b.path / rel).to_pandas()), rel
+    other = build(tmp_path, "c", variant(seed=6))
+    assert not pq.read_table(a.path / "items.parquet").to_pandas().equals(pq.read_table(other.path / "items.parquet").to_pandas())
+
+
+def test_shapes_ids_and_missing_values(tmp_path):
+    world = build(tmp_path, "w")
+    users = world.user_features_table()
+    items = world.item_features_table()
+    assert users["user_id"].to_pylist() == list(range(600))
+    assert items["item_id"].to_pylist() == list(range(80))
+    assert {"age", "activity", "region", "device", "fav_category", "f0", "f7"} <= set(users.column_names)
+    assert users["region"].null_count > 0 and users["fav_category"].null_count > 0
+    assert np.isnan(users["f0"].to_numpy(zero_copy_only=False)).any()
+    assert len(list((world.path / "users" / "valid_from=2026-01-01").glob("part-*.parquet"))) == 3  # 600 / 250
+    events = world.events_dataset().to_table()
+    assert events.num_rows == world.meta["n_events"] > 600 * 20
+    dates = {p.name for p in (world.path / "events").iterdir()}
+    assert dates == {f"date=2026-01-0{d}" for d in range(1, 7)}
+    ts = events["ts"].to_numpy()
+    assert ts.min() >= np.datetime64("2026-01-01") and ts.max() < np.datetime64("2026-01-07")
+
+
+def test_clicks_follow_the_true_relevance(tmp_path):
+    """Mean predicted click probability matches the observed CTR, and clicked items are more relevant."""
+    world = build(tmp_path, "w", variant(click={"noise_std": 0.0}))
+    events = world.events_dataset().to_table()
+    users, items = events["user_id"].to_numpy(), events["item_id"].to_numpy()
+    relevance = world.relevance(np.arange(600), np.arange(80))[users, items]
+    clicked = events["clicked"].to_numpy(zero_copy_only=False)
+    assert abs(relevance.mean() - clicked.mean()) < 0.01
+    assert relevance[clicked].mean() > relevance[~clicked].mean() + 0.05
+
+
+def drift_world(tmp_path, name: str, **drift) -> World:
+    return build(tmp_path, name, variant(drift=drift))
+
+
+def ctr_by_day(world: World) -> np.ndarray:
+    events = world.events_dataset().to_table(columns=["ts", "clicked"])
+    day = (events["ts"].to_numpy() - np.datetime64("2026-01-01")) // np.timedelta64(1, "D")
+    clicked = events["clicked"].to_numpy(zero_copy_only=False)
+    return np.array([clicked[day == d].mean() for d in range(6)])
+
+
+def test_label_drift_moves_base_ctr_after_start(tmp_path):
+    base = ctr_by_day(build(tmp_path, "base"))
+    drifted = ctr_by_day(drift_world(tmp_path, "label", label={"enabled": True, "start_day": 3, "delta": -1.5}))
+    assert np.allclose(base[:3], drifted[:3], atol=0.02)
+    assert (drifted[3:] < base[3:] - 0.05).all()
+
+
+def test_covariate_drift_adds_a_shifted_feature_snapshot(tmp_path):
+    world = drift_world(tmp_path, "cov", covariate={"enabled": True, "start_day": 2, "shift": 3.0})
+    assert world.user_snapshots() == [dt.date(2026, 1, 1), dt.date(2026, 1, 3)]
+    before = world.user_features_table(as_of=dt.date(2026, 1, 2))
+    after = world.user_features_table()
+    mean_before = np.nanmean(np.stack([before[f"f{j}"].to_numpy(zero_copy_only=False) for j in range(8)]), axis=1)
+    mean_after = np.nanmean(np.stack([after[f"f{j}"].to_numpy(zero_copy_only=False) for j in range(8)]), axis=1)
+    assert np.linalg.norm(mean_after - mean_before) > 1.0
+    assert pc.all(pc.equal(before["region"], after["region"])).as_py() in (True, None)
+
+
+def test_concept_drift_changes_relevance_over_time_but_not_features(tmp_path):
+    world = drift_world(tmp_path, "concept", concept={"enabled": True, "start_day": 1, "degrees_per_day": 30})
+    users, items = np.arange(50), np.arange(80)
+    early, late = world.relevance(users, items, 0.5), world.relevance(users, items, 5.5)
+    rank_corr = np.mean([np.corrcoef(early[u], late[u])[0, 1] for u in range(50)])
+    assert rank_corr < 0.5
+    assert world.user_snapshots() == [dt.date(2026, 1, 1)]
+    static = build(tmp_path, "static")
+    assert np.allclose(static.relevance(users, items, 0.5), static.relevance(users, items, 5.5))
+
+
+def test_seasonality_is_periodic(tmp_path):
+    world = drift_world(tmp_path, "season", seasonality={"enabled": True, "amplitude": 1.0, "period_days": 4})
+    u, i = np.arange(5), np.arange(5)
+    assert np.allclose(world.relevance(u, i, 0.3), world.relevance(u, i, 4.3))
+    assert not np.allclose(world.relevance(u, i, 1.0), world.relevance(u, i, 3.0))
+
+
+def test_missing_world_is_a_clear_error(tmp_path):
+    with pytest.raises(WorldNotFoundError, match="no world here"):
+        World(tmp_path)

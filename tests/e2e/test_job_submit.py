@@ -1,0 +1,52 @@
+"""`ray job submit` of the candidate job against a real `ray start --head` cluster."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.conftest import BIN, cli_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_candidate_job_succeeds_under_ray_job_submit(ray_cluster, trained, tiny_world, tmp_path):
+    registry, _ = trained
+    output = tmp_path / "candidates"
+    submit = [
+        str(BIN / "ray"), "job", "submit", "--address", ray_cluster, "--working-dir", ".", "--",
+        "python", "batch_jobs/generate_candidates.py", "--config", "configs/batch/candidates.yaml",
+        "--users", str(tiny_world.path / "users"), "--registry", str(registry.root), "--output", str(output),
+    ]
+    result = subprocess.run(submit, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=420)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    job_id = re.search(r"Job '(raysubmit_\w+)' succeeded", log).group(1)
+    status = subprocess.run(
+        [str(BIN / "ray"), "job", "status", "--address", ray_cluster, job_id],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr  # ray job status: SUCCEEDED
+    users = pq.read_table(output)["user_id"].to_pylist()
+    assert len(users) == len(set(users)) == tiny_world.n_users
+
+
+def test_bad_config_key_fails_the_job_with_a_clear_line(ray_cluster, tmp_path):
+    bad = REPO / ".rayml" / "e2e-bad-candidates.yaml"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_text("users: u\nregistry: r\noutput: o\ntopk: 5\n")
+    try:
+        submit = [
+            str(BIN / "ray"), "job", "submit", "--address", ray_cluster, "--",
+            "python", str(REPO / "batch_jobs" / "generate_candidates.py"), "--config", str(bad),
+        ]
+        result = subprocess.run(submit, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        bad.unlink()
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"{bad}: unknown key 'topk'" in log

@@ -61,4 +61,4 @@ class Recommender:
 
 def build_recommender(args: RecommenderArgs) -> Application:
     """The application ``serve run`` deploys; options in the YAML ``deployments:`` override the defaults."""
-    return Recommender.bind(args.model_dump())
+    return Recommender.bind(args.model_dump())  # type: ignore[attr-defined]  # added by @serve.deployment

@@ -130,8 +130,8 @@ def make_users(config: WorldConfig, params: WorldParams, chunk: int) -> UserChun
     cov = config.drift.covariate
     if cov.enabled:
         moved = params.shifted_tastes(tastes, np.ones(n, bool))
-        start = config.start_date + dt.timedelta(days=cov.start_day)
-        snapshots.append((start, snapshot(start, moved)))
+        drift_date = config.start_date + dt.timedelta(days=cov.start_day)
+        snapshots.append((drift_date, snapshot(drift_date, moved)))
     truth = pa.table(
         {
             "user_id": ids,

@@ -20,7 +20,6 @@ pytestmark = pytest.mark.e2e
 def test_serve_run_answers_and_stops_cleanly(trained, tiny_world, tmp_path):
     """Same YAML as shipped, with ports and data paths pointed at the test world."""
     registry, _ = trained
-    from rayml.batch import CandidateJobConfig, generate_candidates
 
     config = yaml.safe_load((REPO / "serve_apps" / "recommender.yaml").read_text())
     port = free_port()

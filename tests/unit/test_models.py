@@ -21,7 +21,7 @@ def test_models_beat_chance_on_held_out_users(trained):
 
 
 def test_published_versions_carry_parity_lineage_and_metrics(trained, tiny_world):
-    registry, result = trained
+    registry, _result = trained
     for name in ("ranker", "retriever"):
         meta = registry.get(name, "production").metadata
         assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] <= 1e-4

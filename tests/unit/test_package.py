@@ -1,0 +1,26 @@
+"""The package surface: every public name resolves, and importing rayml starts and loads nothing heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import rayml
+
+pytestmark = pytest.mark.unit
+
+
+def test_every_public_name_resolves():
+    for name in rayml.__all__:
+        assert getattr(rayml, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = rayml.nope
+
+
+def test_import_is_cheap_and_side_effect_free(tmp_path):
+    code = "import sys, rayml; print(sorted(m for m in ('ray', 'torch', 'onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert list(tmp_path.iterdir()) == []

@@ -40,6 +40,8 @@ lint: install ## ruff and mypy.
 
 bench: install ## Benchmarks; each prints one JSON line per measurement.
 	$(BIN)/python benchmarks/world_build.py
+	$(MAKE) demo-data
+	$(BIN)/python benchmarks/quality.py
 
 clean: ## Remove demo data (keeps .venv).
 	rm -rf $(DEMO)

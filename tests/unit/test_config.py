@@ -108,3 +108,19 @@ def test_settings_errors_name_the_variable():
 def test_recommender_args_reject_bad_k_order():
     with pytest.raises(ValueError, match="default_k=50 must be <= max_k=10"):
         RecommenderArgs(registry="r", candidates="c", users="u", items="i", default_k=50, max_k=10)
+
+
+def test_ray_validates_serve_args_through_the_builder_annotation():
+    """`serve run` passes YAML args through Ray's builder call; a typo is refused with the key's name."""
+    from pydantic import ValidationError
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from serve_apps.recommender import app_builder
+
+    args = yaml.safe_load((REPO / "serve_apps" / "recommender.yaml").read_text())["applications"][0]["args"]
+    with pytest.raises(ValidationError, match="registri"):
+        call_user_app_builder_with_args_if_necessary(app_builder, {**args, "registri": "x"})
+    with pytest.raises(ValidationError, match="max_k"):
+        call_user_app_builder_with_args_if_necessary(app_builder, {**args, "max_k": "lots"})
+    app = call_user_app_builder_with_args_if_necessary(app_builder, args)
+    assert type(app).__name__ == "Application"

@@ -31,8 +31,8 @@ def main(
     try:
         job = load_config(config, CandidateJobConfig, overrides)
         summary = generate_candidates(job, force=force)
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except (ConfigError, RegistryError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {config}: {exc}" if not isinstance(exc, ConfigError) else f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     print(json.dumps(asdict(summary)))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--world", default=".rayml/demo/world")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
-    app_args = yaml.safe_load(open(args.serve_yaml))["applications"][0]["args"]
+    app_args = yaml.safe_load(Path(args.serve_yaml).read_text())["applications"][0]["args"]
     core = RecommenderCore(RecommenderArgs.model_validate(app_args))
     world = World(args.world)
     users = np.random.default_rng(0).choice(world.n_users, args.users, replace=False)

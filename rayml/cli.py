@@ -48,12 +48,15 @@ def world_build(
     if not force:
         try:
             existing = World(out)
-            if existing.config == cfg:
+            if existing.config == cfg and existing.has_events == (events and cfg.impressions_per_user > 0):
                 console.print(f"world at {out} is up to date ({existing.meta['n_events']:,} events); reusing it")
                 return
         except WorldNotFoundError:
             pass
-    summary = build_world(cfg, out, events=events)
+    try:
+        summary = build_world(cfg, out, events=events)
+    except FileExistsError as exc:
+        raise _fail(str(exc)) from None
     console.print(
         f"built world at {out}: {summary.n_users:,} users, {summary.n_items:,} items, "
         f"{summary.n_events:,} events, CTR {summary.ctr:.3f}"
@@ -82,14 +85,19 @@ def models_train(
     if not force:
         digest = world_lineage(w)["world_digest"]
         try:
-            current = [reg.get(m, alias, verify=False) for m in (RANKER, RETRIEVER)]
-            if all(v.metadata["lineage"]["world_digest"] == digest and v.metadata["params"] == p
+            current = [reg.metadata(m, alias) for m in (RANKER, RETRIEVER)]
+            if all(v.get("lineage", {}).get("world_digest") == digest and v.get("params") == p
                    for v, p in zip(current, (cfg.ranker.model_dump(mode="json"), cfg.retriever.model_dump(mode="json")), strict=True)):
-                console.print(f"{alias}: {current[0].label} and {current[1].label} already trained on this world; reusing them")
+                console.print(f"{alias}: ranker v{current[0]['version']} and retriever v{current[1]['version']} already trained on this world; reusing them")
                 return
         except RegistryError:
             pass
-    result = train_and_publish(w, cfg, reg, alias=alias)
+    try:
+        result = train_and_publish(w, cfg, reg, alias=alias)
+    except RuntimeError as exc:  # e.g. device: cuda on a machine without one
+        raise _fail(f"{config}: {exc}") from None
+    except (WorldNotFoundError, ValueError) as exc:
+        raise _fail(f"cannot train on {world}: {exc}") from None
     for version, report in ((result.ranker, result.ranker_report), (result.retriever, result.retriever_report)):
         console.print(
             f"registered {version.label} → {alias}: holdout AUC {report.holdout_auc:.4f}, "
@@ -105,7 +113,11 @@ def registry_list(registry: RegistryOpt = DEFAULT_REGISTRY) -> None:
     for name in reg.models():
         aliases = reg.aliases(name)
         for number in reg.versions(name):
-            meta = reg.get(name, number, verify=False).metadata
+            try:
+                meta = reg.metadata(name, number)
+            except RegistryError as exc:
+                table.add_row(name, str(number), "", "-", f"corrupt: {exc}", "-")
+                continue
             names = ", ".join(a for a, v in sorted(aliases.items()) if v == number)
             auc = meta.get("metrics", {}).get("holdout_auc")
             table.add_row(
@@ -170,9 +182,11 @@ def serve_cmd(
     """`serve run CONFIG` in the foreground; prints a ready-to-paste curl once it answers."""
     from rayml.serving.launcher import serve_foreground
 
-    if not config.is_file():
-        raise _fail(f"{config}: config file not found")
-    raise typer.Exit(serve_foreground(config, json.dumps({"user_id": user_id, "k": 5})))
+    try:
+        code = serve_foreground(config, json.dumps({"user_id": user_id, "k": 5}))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -26,6 +26,16 @@ TINY_MODELS = ModelsConfig.model_validate(
 )
 
 
+MEASURED: dict[str, str] = {}  # figures tests measured; printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if MEASURED:
+        terminalreporter.section("measured")
+        for key, value in MEASURED.items():
+            terminalreporter.write_line(f"{key}: {value}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,7 +60,7 @@ def ray_session():
     """One local Ray for every integration test (start-up costs seconds on 2 cores)."""
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=400 * 1024 * 1024, include_dashboard=False, namespace="rayml-tests")
+    ray.init(address="local", num_cpus=2, object_store_memory=400 * 1024 * 1024, include_dashboard=False, namespace="rayml-tests")
     yield ray
     from ray import serve
 

@@ -58,6 +58,32 @@ class CandidateScorer:
         )
 
 
+def _in_job_working_dir() -> bool:
+    """True in a `ray job submit --working-dir` driver, whose cwd is a temporary copy of that dir."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return False
+    try:
+        return bool(json.loads(raw).get("runtime_env", {}).get("working_dir"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _is_absolute(path: str) -> bool:
+    return "://" in path or Path(path).is_absolute()
+
+
+def _check_user_columns(users: Path, encoder: FeatureEncoder) -> None:
+    """Fail before any Ray work when the user table lacks what the model reads."""
+    files = [users] if users.is_file() else sorted(users.rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"users path {users} holds no Parquet files")
+    names = set(pq.read_schema(files[0]).names)
+    missing = [c for c in ["user_id", *encoder.columns] if c not in names]
+    if missing:
+        raise ValueError(f"users table {files[0]} lacks columns {missing} that the retriever reads")
+
+
 @dataclass(frozen=True)
 class CandidateSummary:
     output: str
@@ -84,8 +110,16 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
     import ray
     from ray.data import ActorPoolStrategy
 
+    if _in_job_working_dir():
+        relative = [k for k in ("users", "registry", "output") if not _is_absolute(getattr(config, k))]
+        if relative:
+            raise ValueError(
+                f"keys {relative} are relative paths; under `ray job submit` they would point into the job's "
+                "temporary working_dir copy (and the output would be lost): pass absolute paths or URIs"
+            )
     version = ModelRegistry(config.registry).get(config.model, config.alias)
     users = resolve_snapshot(config.users)
+    _check_user_columns(users, FeatureEncoder.load(version.file("user_encoder.json")))
     manifest = read_manifest(config.output)
     if (
         not force
@@ -109,13 +143,17 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
     )
-    ds.write_parquet(str(staging.resolve()))
-    rows = pq.ParquetDataset(staging).read(columns=["user_id"]).num_rows
-    summary = CandidateSummary(
-        output=str(output), users_path=str(users.resolve()), model_version=version.label,
-        rows=rows, top_k=config.top_k, seconds=round(time.perf_counter() - started, 3),
-    )
-    (staging / MANIFEST).write_text(json.dumps(asdict(summary), indent=1))
+    try:
+        ds.write_parquet(str(staging.resolve()))
+        rows = pq.ParquetDataset(staging).read(columns=["user_id"]).num_rows
+        summary = CandidateSummary(
+            output=str(output), users_path=str(users.resolve()), model_version=version.label,
+            rows=rows, top_k=config.top_k, seconds=round(time.perf_counter() - started, 3),
+        )
+        (staging / MANIFEST).write_text(json.dumps(asdict(summary), indent=1))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never leave half an output behind
+        raise
     if output.exists():
         trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(output, trash)

@@ -30,7 +30,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
 
 def init_ray() -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), else start a small local Ray."""
+    """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), else start a small local Ray.
+
+    ``address="local"`` matters: a bare ``ray.init()`` would attach to any ``ray start --head`` cluster on the
+    machine and then refuse the resource arguments.
+    """
     import ray
 
     if ray.is_initialized():
@@ -40,6 +44,7 @@ def init_ray() -> None:
         return
     settings = load_settings()
     ray.init(
+        address="local",
         num_cpus=settings.num_cpus,
         object_store_memory=settings.object_store_mb * 1024 * 1024,
         include_dashboard=False,

@@ -24,7 +24,7 @@ def train_and_publish(
     world: World, config: ModelsConfig, registry: ModelRegistry, alias: str | None = "production"
 ) -> TrainedSlice:
     """Train ranker and retriever on ``world``, register both, and point ``alias`` at them."""
-    data = load_training_data(world, config.ranker.train.holdout_users, config.ranker.train.seed)
+    data = load_training_data(world, config.split.holdout_users, config.split.seed)
     lineage = world_lineage(world)
     ranker, ranker_report = train_ranker(data, config.ranker)
     retriever, retriever_report = train_retriever(data, config.retriever)

@@ -20,7 +20,7 @@ BatchFn = Callable[[np.ndarray, torch.device], tuple[tuple[torch.Tensor, ...], t
 def resolve_device(choice: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but torch.cuda.is_available() is False")
+        raise RuntimeError("key 'train.device': cuda was requested but torch.cuda.is_available() is False")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)

@@ -1,28 +1,38 @@
-"""A file-based model registry: immutable versions, checksums, aliases with history.
+"""Model registry on any pyarrow filesystem: immutable versions, checksums, aliases with history.
 
-Layout under ``root``::
+Layout under the root URI (a local path by default; ``s3://bucket/prefix`` etc. through pyarrow)::
 
-    <model>/versions/<N>/            artifact files + metadata.json (never modified after publish)
+    <model>/versions/<N>/            artifact files + metadata.json (written last; never modified after)
     <model>/aliases.json             {"production": 3, "canary": 4}
     <model>/alias_history.jsonl      one line per alias move
+
+On a local filesystem a version is staged under a unique name and renamed into place, so racing writers get
+distinct numbers and readers never see half a version. On object stores (no atomic directory rename) files are
+copied into place with ``metadata.json`` last, so an incomplete version is invisible; allocate versions and move
+aliases from one writer per model there. Alias moves are serialised with a file lock on local filesystems.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+METADATA = "metadata.json"
+CHUNK = 1 << 20
 
 
 class RegistryError(Exception):
@@ -33,27 +43,27 @@ class ArtifactCorruptError(RegistryError):
     """An artifact file is missing or does not match the checksum recorded at registration."""
 
 
-def _sha256(path: Path) -> str:
+def _sha256_local(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write then rename, so readers see the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def default_cache_dir() -> Path:
+    """Where artifacts from remote registries are downloaded (``RAYML_CACHE_DIR``, else ~/.cache/rayml)."""
+    return Path(os.environ.get("RAYML_CACHE_DIR") or Path.home() / ".cache" / "rayml")
 
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A published, verified version: where its files are and what was recorded about it."""
+    """A published version whose artifact files were verified against their checksums.
+
+    Attributes:
+        path: local directory holding the verified files (the version itself on a local registry,
+            a download cache for remote ones).
+    """
 
     name: str
     version: int
@@ -61,7 +71,7 @@ class ModelVersion:
     metadata: dict[str, Any]
 
     def file(self, name: str) -> Path:
-        """Path of artifact ``name`` (checked against the recorded file list)."""
+        """Local path of artifact ``name``."""
         if name not in self.metadata["files"]:
             raise RegistryError(f"{self.name} v{self.version}: no artifact named {name!r}")
         return self.path / name
@@ -72,74 +82,77 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    """Registry rooted at a directory. Safe for concurrent writers on one filesystem."""
+    """Registry rooted at a local path or a pyarrow filesystem URI."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, filesystem: pafs.FileSystem | None = None, cache_dir: Path | None = None):
+        text = str(root)
+        if filesystem is not None:
+            self.fs, self.base = filesystem, text.rstrip("/")
+        elif "://" in text:
+            self.fs, self.base = pafs.FileSystem.from_uri(text)
+        else:
+            self.fs, self.base = pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+        self.uri = text
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.cache_dir = cache_dir or default_cache_dir()
 
-    def _model_dir(self, name: str) -> Path:
+    @property
+    def root(self) -> str:
+        return self.uri
+
+    # -- filesystem helpers -------------------------------------------------------------------
+    def _p(self, *parts: str | int) -> str:
+        return "/".join([self.base, *(str(p) for p in parts)])
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _read_text(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as fh:
+            return fh.read().decode()
+
+    def _write_atomic(self, path: str, text: str) -> None:
+        """Write then rename, so readers see the old or the new file, never half of one."""
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with self.fs.open_output_stream(tmp) as fh:
+            fh.write(text.encode())
+        self.fs.move(tmp, path)
+
+    def _model_dir(self, name: str) -> str:
         if not NAME_RE.match(name):
             raise RegistryError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-'")
-        return self.root / name
+        return self._p(name)
 
+    # -- reading ------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        if not self.root.is_dir():
+        if not self._exists(self.base):
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir())
+        infos = self.fs.get_file_info(pafs.FileSelector(self.base))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and self._exists(self._p(i.base_name, "versions")))
 
     def versions(self, name: str) -> list[int]:
-        vdir = self._model_dir(name) / "versions"
-        if not vdir.is_dir():
+        """Published versions (those whose metadata.json exists), ascending."""
+        vdir = self._model_dir(name) + "/versions"
+        if not self._exists(vdir):
             return []
-        return sorted(int(p.name) for p in vdir.iterdir() if p.name.isdigit())
-
-    def register(self, name: str, files: Mapping[str, str | Path], metadata: Mapping[str, Any]) -> ModelVersion:
-        """Copy ``files`` into a new immutable version and return it.
-
-        The version directory is staged under a temporary name and renamed into place, so a crash
-        or a concurrent writer never leaves a half-written version; racing writers get distinct numbers.
-        """
-        model_dir = self._model_dir(name)
-        vdir = model_dir / "versions"
-        vdir.mkdir(parents=True, exist_ok=True)
-        stage = model_dir / f".stage-{uuid.uuid4().hex}"
-        stage.mkdir()
-        try:
-            checksums = {}
-            for fname, src in files.items():
-                if "/" in fname or fname in ("metadata.json", ""):
-                    raise RegistryError(f"invalid artifact name {fname!r}")
-                shutil.copyfile(src, stage / fname)
-                checksums[fname] = _sha256(stage / fname)
-            for _ in range(1000):
-                number = (max(self.versions(name), default=0)) + 1
-                meta = {
-                    **metadata,
-                    "name": name,
-                    "version": number,
-                    "files": checksums,
-                    "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                }
-                (stage / "metadata.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-                try:
-                    os.rename(stage, vdir / str(number))
-                except OSError:
-                    continue  # another writer took this number; try the next one
-                return ModelVersion(name, number, vdir / str(number), meta)
-            raise RegistryError(f"{name}: could not allocate a version number")
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage)
+        numbers = [int(i.base_name) for i in self.fs.get_file_info(pafs.FileSelector(vdir)) if i.base_name.isdigit()]
+        return sorted(n for n in numbers if self._exists(f"{vdir}/{n}/{METADATA}"))
 
     def aliases(self, name: str) -> dict[str, int]:
-        path = self._model_dir(name) / "aliases.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        path = self._model_dir(name) + "/aliases.json"
+        return json.loads(self._read_text(path)) if self._exists(path) else {}
+
+    def alias_history(self, name: str) -> list[dict[str, Any]]:
+        path = self._model_dir(name) + "/alias_history.jsonl"
+        if not self._exists(path):
+            return []
+        return [json.loads(line) for line in self._read_text(path).splitlines() if line.strip()]
 
     def resolve(self, name: str, ref: str | int) -> int:
         """Version number for ``ref``: an int, ``"3"``, ``"v3"``, ``"latest"`` or an alias."""
         versions = self.versions(name)
         if not versions:
-            raise RegistryError(f"model {name!r} has no versions in registry {self.root}")
+            raise RegistryError(f"model {name!r} has no versions in registry {self.uri}")
         text = str(ref)
         if text == "latest":
             return versions[-1]
@@ -153,22 +166,102 @@ class ModelRegistry:
             raise RegistryError(f"{name}: no alias {text!r} (aliases: {sorted(aliases) or 'none'})")
         return aliases[text]
 
-    def get(self, name: str, ref: str | int = "production", verify: bool = True) -> ModelVersion:
-        """Load a version's metadata and (by default) verify every artifact's checksum."""
+    def metadata(self, name: str, ref: str | int) -> dict[str, Any]:
+        """Metadata of a version without touching its artifacts."""
         number = self.resolve(name, ref)
-        path = self._model_dir(name) / "versions" / str(number)
+        path = f"{self._model_dir(name)}/versions/{number}/{METADATA}"
         try:
-            meta = json.loads((path / "metadata.json").read_text())
+            return json.loads(self._read_text(path))
         except (OSError, ValueError) as exc:
-            raise ArtifactCorruptError(f"{name} v{number}: unreadable metadata.json ({exc})") from None
+            raise ArtifactCorruptError(f"{name} v{number}: unreadable {METADATA} ({exc})") from None
+
+    def get(self, name: str, ref: str | int = "production", verify: bool = True) -> ModelVersion:
+        """A version with its files available locally; checksums verified unless ``verify=False``."""
+        meta = self.metadata(name, ref)
+        number = meta["version"]
+        remote_dir = f"{self._model_dir(name)}/versions/{number}"
+        local_dir = Path(remote_dir) if self.local else self._download(name, number, remote_dir, meta)
         if verify:
             for fname, checksum in meta["files"].items():
-                fpath = path / fname
+                fpath = local_dir / fname
                 if not fpath.is_file():
                     raise ArtifactCorruptError(f"{name} v{number}: artifact {fname} is missing")
-                if _sha256(fpath) != checksum:
-                    raise ArtifactCorruptError(f"{name} v{number}: artifact {fname} fails its checksum (corrupt or truncated)")
-        return ModelVersion(name, number, path, meta)
+                if _sha256_local(fpath) != checksum:
+                    raise ArtifactCorruptError(
+                        f"{name} v{number}: artifact {fname} fails its checksum (corrupt or truncated)"
+                    )
+        return ModelVersion(name, number, local_dir, meta)
+
+    def _download(self, name: str, number: int, remote_dir: str, meta: dict[str, Any]) -> Path:
+        key = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
+        local_dir = self.cache_dir / key / name / str(number)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        for fname, checksum in meta["files"].items():
+            target = local_dir / fname
+            if target.is_file() and _sha256_local(target) == checksum:
+                continue
+            try:
+                with self.fs.open_input_stream(f"{remote_dir}/{fname}") as src, target.open("wb") as dst:
+                    while block := src.read(CHUNK):
+                        dst.write(block)
+            except FileNotFoundError:
+                raise ArtifactCorruptError(f"{name} v{number}: artifact {fname} is missing") from None
+        return local_dir
+
+    # -- writing ------------------------------------------------------------------------------
+    def register(self, name: str, files: Mapping[str, str | Path], metadata: Mapping[str, Any]) -> ModelVersion:
+        """Copy local ``files`` into a new immutable version and return it (verified)."""
+        for fname in files:
+            if not fname or "/" in fname or fname == METADATA:
+                raise RegistryError(f"invalid artifact name {fname!r}")
+        model_dir = self._model_dir(name)
+        self.fs.create_dir(f"{model_dir}/versions", recursive=True)
+        checksums = {fname: _sha256_local(Path(src)) for fname, src in files.items()}
+        token = uuid.uuid4().hex
+        stage = f"{model_dir}/.stage-{token}"
+        self.fs.create_dir(stage, recursive=True)
+        try:
+            for fname, src in files.items():
+                self._upload(src, f"{stage}/{fname}")
+            for _ in range(1000):
+                number = max(self.versions(name), default=0) + 1
+                meta = {
+                    **metadata, "name": name, "version": number, "files": checksums, "writer": token,
+                    "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                }
+                if self._publish(stage, f"{model_dir}/versions/{number}", meta):
+                    return self.get(name, number)
+            raise RegistryError(f"{name}: could not allocate a version number")
+        finally:
+            if self._exists(stage):
+                self.fs.delete_dir(stage)
+
+    def _upload(self, src: str | Path, dest: str) -> None:
+        with Path(src).open("rb") as fh, self.fs.open_output_stream(dest) as out:
+            while block := fh.read(CHUNK):
+                out.write(block)
+
+    def _publish(self, stage: str, final: str, meta: dict[str, Any]) -> bool:
+        """Make ``stage`` version ``final``; False when another writer already took that number."""
+        text = json.dumps(meta, indent=1, sort_keys=True)
+        with self.fs.open_output_stream(f"{stage}/{METADATA}") as fh:
+            fh.write(text.encode())
+        if self.local:
+            try:
+                os.rename(stage, final)  # atomic; fails when `final` exists and is not empty
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return False  # another writer took this number
+                raise
+            return True
+        if self._exists(f"{final}/{METADATA}"):
+            return False
+        names = [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(stage)) if i.base_name != METADATA]
+        self.fs.create_dir(final, recursive=True)
+        for fname in names:
+            self.fs.copy_file(f"{stage}/{fname}", f"{final}/{fname}")
+        self._write_atomic(f"{final}/{METADATA}", text)  # last: the version becomes visible here
+        return True
 
     def set_alias(self, name: str, alias: str, ref: str | int, reason: str = "") -> int:
         """Point ``alias`` at a version atomically and append the move to the history."""
@@ -176,26 +269,32 @@ class ModelRegistry:
             raise RegistryError(f"invalid alias {alias!r}")
         number = self.resolve(name, ref)
         model_dir = self._model_dir(name)
-        aliases = self.aliases(name)
-        previous = aliases.get(alias)
-        aliases[alias] = number
-        _write_json_atomic(model_dir / "aliases.json", aliases)
-        event = {
-            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "alias": alias,
-            "from": previous,
-            "to": number,
-            "reason": reason,
-        }
-        with (model_dir / "alias_history.jsonl").open("a") as fh:
-            fh.write(json.dumps(event) + "\n")
+        with self._alias_lock(model_dir):
+            aliases = self.aliases(name)
+            previous = aliases.get(alias)
+            aliases[alias] = number
+            self._write_atomic(f"{model_dir}/aliases.json", json.dumps(aliases, indent=1, sort_keys=True))
+            event = {
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "alias": alias, "from": previous, "to": number, "reason": reason,
+            }
+            history = f"{model_dir}/alias_history.jsonl"
+            old = self._read_text(history) if self._exists(history) else ""
+            self._write_atomic(history, old + json.dumps(event) + "\n")
         return number
 
-    def alias_history(self, name: str) -> list[dict[str, Any]]:
-        path = self._model_dir(name) / "alias_history.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    @contextlib.contextmanager
+    def _alias_lock(self, model_dir: str):
+        """Serialise alias read-modify-write among processes on a local filesystem (flock)."""
+        if not self.local:
+            yield  # object stores: one writer of aliases per model (see module docstring)
+            return
+        with open(f"{model_dir}/.alias.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def rollback(self, name: str, alias: str) -> int:
         """Point ``alias`` back to the version it had before its latest move; returns that version."""

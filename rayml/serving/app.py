@@ -39,8 +39,9 @@ class Recommender:
         # Serve ships init args to replicas as plain data, so the model travels as a dict.
         self.core = RecommenderCore(RecommenderArgs.model_validate(args))
 
+    # Plain `def`: FastAPI runs it in a thread pool, so numpy/ONNX work never blocks the replica's event loop.
     @api.post("/recommend")
-    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+    def recommend(self, request: RecommendRequest) -> RecommendResponse:
         k = request.k or self.core.args.default_k
         if k > self.core.args.max_k:
             raise HTTPException(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -29,7 +30,7 @@ class Recommendation:
     model_version: str
 
 
-def _sorted_ids(table, column: str):
+def _sorted_ids(table: pa.Table, column: str) -> tuple[pa.Table, np.ndarray]:
     table = table.take(pc.sort_indices(table, [(column, "ascending")]))
     return table, table[column].to_numpy()
 
@@ -49,9 +50,16 @@ class RecommenderCore:
         self.user_x = user_encoder.transform(users)  # [U, Fu]
         self.item_x = item_encoder.transform(items)  # [I, Fi]
         cands, self.cand_user_ids = _sorted_ids(pq.read_table(args.candidates, columns=["user_id", "items"]), "user_id")
-        k = cands.schema.field("items").type.list_size
-        cand_items = cands["items"].combine_chunks().flatten().to_numpy().reshape(-1, k)  # [Uc, K]
-        self.cand_rows = np.searchsorted(self.item_ids, cand_items)  # [Uc, K] rows of item_x
+        items_type = cands.schema.field("items").type
+        if not pa.types.is_fixed_size_list(items_type):
+            raise ValueError(f"candidates {args.candidates}: column 'items' is {items_type}, expected a fixed-size list")
+        cand_items = cands["items"].combine_chunks().flatten().to_numpy().reshape(-1, items_type.list_size)  # [Uc, K]
+        rows = np.minimum(np.searchsorted(self.item_ids, cand_items), len(self.item_ids) - 1)
+        if not np.array_equal(self.item_ids[rows], cand_items):
+            raise ValueError(
+                f"candidates {args.candidates} name items missing from items {args.items}: were they built from another world?"
+            )
+        self.cand_rows = rows  # [Uc, K] rows of item_x
         self.n_user_features = self.user_x.shape[1]
 
     @staticmethod

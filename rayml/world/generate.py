@@ -194,13 +194,18 @@ def _write_events_by_date(events: pa.Table, out: Path, config: WorldConfig, chun
 
 
 def build_world(config: WorldConfig, out: str | Path, *, events: bool = True) -> BuildSummary:
-    """Write the whole world under ``out`` (replacing it), one user chunk at a time.
+    """Write the whole world under ``out`` (replacing a previous world there), one user chunk at a time.
 
     Peak memory is set by ``chunk_users × impressions_per_user``, not by ``n_users``.
     ``world.json`` is written last, so its presence marks a complete build.
+
+    Raises:
+        FileExistsError: ``out`` is a non-empty directory that does not hold a world.
     """
     out = Path(out)
     if out.exists():
+        if any(out.iterdir()) and not (out / "world.json").is_file() and not (out / "users").is_dir():
+            raise FileExistsError(f"{out} is not empty and holds no world; refusing to replace it")
         shutil.rmtree(out)
     (out / "users").mkdir(parents=True)
     (out / "truth" / "users").mkdir(parents=True)
@@ -225,6 +230,7 @@ def build_world(config: WorldConfig, out: str | Path, *, events: bool = True) ->
     summary = BuildSummary(out, config.n_users, config.n_items, n_events, n_clicks)
     meta = {
         "config": config.model_dump(mode="json"),
+        "events": events and config.impressions_per_user > 0,
         "n_users": config.n_users,
         "n_items": config.n_items,
         "n_events": n_events,

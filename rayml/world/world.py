@@ -29,8 +29,11 @@ class World:
         meta_file = self.path / "world.json"
         if not meta_file.is_file():
             raise WorldNotFoundError(f"{self.path}: no world here (missing world.json); build one with `rayml world build`")
-        self.meta = json.loads(meta_file.read_text())
-        self.config = WorldConfig.model_validate(self.meta["config"])
+        try:
+            self.meta = json.loads(meta_file.read_text())
+            self.config = WorldConfig.model_validate(self.meta["config"])
+        except (ValueError, KeyError) as exc:  # JSONDecodeError and ValidationError are ValueErrors
+            raise WorldNotFoundError(f"{meta_file}: unreadable world metadata ({type(exc).__name__}); rebuild it") from None
         self.params = WorldParams(self.config)
 
     @property
@@ -66,8 +69,14 @@ class World:
         """Item features sorted by item_id."""
         return pq.read_table(self.path / "items.parquet")
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self.meta.get("events", True)) and (self.path / "events").is_dir()
+
     def events_dataset(self) -> ds.Dataset:
         """Impression log, hive-partitioned by ``date``."""
+        if not self.has_events:
+            raise WorldNotFoundError(f"{self.path}: this world was built without events (--no-events)")
         return ds.dataset(self.path / "events", format="parquet", partitioning="hive")
 
     @cached_property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def cli_env() -> dict[str, str]:
 
 
 def pids_with_marker(marker: str) -> list[int]:
-    """PIDs whose command line contains ``marker`` (a unique temp dir), never matched by process name."""
+    """PIDs whose command line contains ``marker`` (a unique ``mkdtemp`` dir), never matched by process name."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -66,9 +67,10 @@ def ray_cluster():
         f"--ray-client-server-port={free_port()}", "--num-cpus=2", f"--object-store-memory={400 * 1024 * 1024}",
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
-    started = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout + started.stderr
     try:
+        started = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{dashboard_port}"
     finally:
         kill_pids(pids_with_marker(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -36,17 +36,27 @@ def test_candidate_job_succeeds_under_ray_job_submit(ray_cluster, trained, tiny_
 
 
 def test_bad_config_key_fails_the_job_with_a_clear_line(ray_cluster, tmp_path):
-    bad = REPO / ".rayml" / "e2e-bad-candidates.yaml"
-    bad.parent.mkdir(exist_ok=True)
+    bad = tmp_path / "bad-candidates.yaml"  # the job runs on this host, so it can read tmp_path
     bad.write_text("users: u\nregistry: r\noutput: o\ntopk: 5\n")
-    try:
-        submit = [
-            str(BIN / "ray"), "job", "submit", "--address", ray_cluster, "--",
-            "python", str(REPO / "batch_jobs" / "generate_candidates.py"), "--config", str(bad),
-        ]
-        result = subprocess.run(submit, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
-    finally:
-        bad.unlink()
+    submit = [
+        str(BIN / "ray"), "job", "submit", "--address", ray_cluster, "--",
+        "python", str(REPO / "batch_jobs" / "generate_candidates.py"), "--config", str(bad),
+    ]
+    result = subprocess.run(submit, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     log = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"{bad}: unknown key 'topk'" in log
+
+
+def test_relative_paths_are_refused_under_job_submit(ray_cluster, trained, tiny_world, tmp_path):
+    """A relative output would land in the job's temporary working_dir copy and be lost: refused up front."""
+    registry, _ = trained
+    submit = [
+        str(BIN / "ray"), "job", "submit", "--address", ray_cluster, "--working-dir", ".", "--",
+        "python", "batch_jobs/generate_candidates.py", "--config", "configs/batch/candidates.yaml",
+        "--users", str(tiny_world.path / "users"), "--registry", str(registry.root), "--output", "relative/out",
+    ]
+    result = subprocess.run(submit, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "keys ['output'] are relative paths" in log

@@ -1,11 +1,15 @@
-"""`serve run <config.yaml>` as a user runs it: a real process, a real request, a clean Ctrl-C."""
+"""`serve run <config.yaml>` and `rayml serve` as a user runs them: real processes, real requests, clean Ctrl-C."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -17,51 +21,99 @@ from tests.e2e.conftest import BIN, cli_env, kill_pids, pids_with_marker
 pytestmark = pytest.mark.e2e
 
 
-def test_serve_run_answers_and_stops_cleanly(trained, tiny_world, tmp_path):
-    """Same YAML as shipped, with ports and data paths pointed at the test world."""
+@pytest.fixture(scope="module")
+def demo_layout(trained, tiny_world, tmp_path_factory) -> Path:
+    """A working directory laid out like the repo after `make demo-data`, holding the test world's data."""
     registry, _ = trained
+    cwd = tmp_path_factory.mktemp("cwd")
+    demo = cwd / ".rayml" / "demo"
+    demo.mkdir(parents=True)
+    (cwd / "serve_apps").symlink_to(REPO / "serve_apps")
+    (demo / "world").symlink_to(tiny_world.path)
+    (demo / "registry").symlink_to(registry.root)
+    subprocess.run(
+        [str(BIN / "python"), str(REPO / "batch_jobs" / "generate_candidates.py"), "--config",
+         str(REPO / "configs" / "batch" / "candidates.yaml")],
+        cwd=cwd, env=cli_env(), check=True, capture_output=True, timeout=300,
+    )
+    assert (demo / "candidates" / "_manifest.json").is_file()
+    return cwd
 
+
+def shipped_config_on_free_ports(dest: Path) -> tuple[Path, int]:
+    """The shipped YAML unchanged except for its ports (tests may run beside a demo on :8000)."""
     config = yaml.safe_load((REPO / "serve_apps" / "recommender.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
     config["grpc_options"] = {"port": free_port()}
-    args = config["applications"][0]["args"]
-    cands = tmp_path / "candidates"
-    subprocess.run(
-        [str(BIN / "python"), "batch_jobs/generate_candidates.py", "--config", "configs/batch/candidates.yaml",
-         "--users", str(tiny_world.path / "users"), "--registry", str(registry.root), "--output", str(cands)],
-        cwd=REPO, env=cli_env(), check=True, capture_output=True, timeout=300,
-    )
-    args.update(registry=str(registry.root), candidates=str(cands), users=str(tiny_world.path / "users"),
-                items=str(tiny_world.path / "items.parquet"))
-    config_path = tmp_path / "recommender.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    temp_dir = f"/tmp/rs{port}"
-    env = cli_env() | {"RAY_TMPDIR": temp_dir}
+    path = dest / "recommender.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, port
+
+
+def wait_for_recommendation(port: int, process: subprocess.Popen, timeout_s: float = 180) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            response = requests.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": 3, "k": 4}, timeout=5)
+            if response.status_code == 200:
+                return response.json()
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    raise AssertionError("the app never answered")
+
+
+def test_serve_run_answers_and_stops_cleanly(demo_layout, tmp_path):
+    """`serve run` resolves the YAML's relative paths against its working directory, like `make demo`."""
+    config_path, port = shipped_config_on_free_ports(tmp_path)
+    ray_tmp = tempfile.mkdtemp(prefix="/tmp/rs")
+    log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
-        [str(BIN / "serve"), "run", str(config_path)], cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [str(BIN / "serve"), "run", str(config_path)], cwd=demo_layout, env=cli_env() | {"RAY_TMPDIR": ray_tmp},
+        start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 180
-        body = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                response = requests.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": 3, "k": 4}, timeout=5)
-                if response.status_code == 200:
-                    body = response.json()
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        assert body is not None, "serve run never answered"
+        body = wait_for_recommendation(port, process)
         assert body["user_id"] == 3 and len(body["items"]) == 4 and body["model_version"] == "ranker:v1"
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        output, _ = process.communicate(timeout=60)
-        assert "Got KeyboardInterrupt, shutting down" in output
+        process.wait(timeout=60)
+        assert "Got KeyboardInterrupt, shutting down" in (tmp_path / "serve.log").read_text()
         time.sleep(2)
-        assert pids_with_marker(temp_dir) == [], "Ray processes left behind after Ctrl-C"
+        assert pids_with_marker(ray_tmp) == [], "Ray processes left behind after Ctrl-C"
     finally:
         if process.poll() is None:
             process.kill()
-        kill_pids(pids_with_marker(temp_dir))
+        kill_pids(pids_with_marker(ray_tmp))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_rayml_serve_prints_a_working_curl_and_stops_on_ctrl_c(demo_layout, tmp_path):
+    """What `make demo` runs last: the printed curl works; Ctrl-C exits 0 and leaves no process behind."""
+    config_path, port = shipped_config_on_free_ports(tmp_path)
+    ray_tmp = tempfile.mkdtemp(prefix="/tmp/rs")
+    log_path = tmp_path / "rayml-serve.log"
+    process = subprocess.Popen(
+        [str(BIN / "rayml"), "serve", str(config_path), "--user-id", "5"], cwd=demo_layout,
+        env=cli_env() | {"RAY_TMPDIR": ray_tmp}, start_new_session=True,
+        stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and "recommender is ready" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(1)
+        curl = next(line for line in log_path.read_text().splitlines() if line.startswith("curl "))
+        assert f":{port}/recommend" in curl
+        answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30, check=True).stdout
+        assert re.search(r'"user_id":5,"items":\[(\d+,){4}\d+\]', answer), answer
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=90) == 0
+        assert "stopped" in log_path.read_text()
+        time.sleep(2)
+        assert pids_with_marker(ray_tmp) == [], "Ray processes left behind after Ctrl-C"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        kill_pids(pids_with_marker(ray_tmp))
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -39,7 +39,8 @@ def test_matches_exact_top_k_computed_directly(candidates, trained, tiny_world):
     expected = np.argsort(-(emb @ np.load(version.file("item_embeddings.npy")).T), axis=1, kind="stable")[:, : config.top_k]
     table = pq.read_table(config.output).to_pandas().set_index("user_id").loc[list(range(64))]
     got = np.stack(table["items"].to_numpy())
-    assert (np.sort(got, 1) == np.sort(expected, 1)).mean() > 0.99  # ties may swap at the K boundary
+    overlap = [len(set(g) & set(e)) / config.top_k for g, e in zip(got, expected, strict=True)]
+    assert np.mean(overlap) > 0.99  # only ties at the K boundary may differ
 
 
 def test_second_run_reuses_output(candidates):

@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from rayml.monitoring import ndcg_at_k
+from tests.conftest import MEASURED
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,8 @@ def test_recommend_answers_with_ranked_candidates(serve_url, candidates):
 
 def test_healthz(serve_url):
     response = requests.get(f"{serve_url}/healthz", timeout=10)
-    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "model_version": "ranker:v1"}
 
 
 def test_served_quality_beats_random(serve_url, tiny_world):
@@ -47,7 +49,9 @@ def test_served_quality_beats_random(serve_url, tiny_world):
     rng = np.random.default_rng(0)
     random_items = np.stack([rng.choice(tiny_world.n_items, 10, replace=False) for _ in users])
     random_ndcg = ndcg_at_k(np.take_along_axis(truth, random_items, 1), truth, 10).mean()
-    print(f"\nNDCG@10 served={served_ndcg:.3f} random={random_ndcg:.3f} users={len(users)}")
+    MEASURED["NDCG@10 of served recommendations (tiny world)"] = (
+        f"served {served_ndcg:.3f}, random {random_ndcg:.3f}, over {len(users)} users"
+    )
     assert served_ndcg > random_ndcg + 0.25
 
 

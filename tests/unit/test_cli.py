@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -33,6 +35,23 @@ def test_world_build_bad_key_names_file_and_key(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_world_build_refuses_a_directory_that_is_not_a_world(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    result = run("world", "build", "configs/world/demo.yaml", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "holds no world" in result.output
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_train_on_cuda_without_gpu_names_the_key(tmp_path, tiny_world, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("ranker: {train: {device: cuda}}\n")
+    result = run("models", "train", str(cfg), "--world", str(tiny_world.path), "--registry", str(tmp_path / "r"))
+    assert result.exit_code == 2 and f"{cfg}: key 'train.device': cuda was requested" in result.output
+
+
 def test_train_against_missing_world(tmp_path):
     result = run("models", "train", "configs/models/demo.yaml", "--world", str(tmp_path), "--registry", str(tmp_path / "r"))
     assert result.exit_code == 2 and "no world here" in result.output
@@ -43,7 +62,8 @@ def test_registry_commands(trained):
     root = str(registry.root)
     listing = run("registry", "list", "--registry", root)
     assert listing.exit_code == 0 and "ranker" in listing.output and "production" in listing.output
-    assert run("registry", "show", "ranker", "1", "--registry", root).exit_code == 0
+    shown = run("registry", "show", "ranker", "1", "--registry", root)
+    assert shown.exit_code == 0 and '"kind": "ranker"' in shown.output and '"parity"' in shown.output
     missing = run("registry", "promote", "ranker", "99", "--alias", "canary", "--registry", root)
     assert missing.exit_code == 2 and "version 99 does not exist" in missing.output
     ok = run("registry", "promote", "ranker", "1", "--alias", "canary", "--registry", root)
@@ -62,3 +82,27 @@ def test_promote_refuses_failed_parity(tmp_path):
     result = run("registry", "promote", "ranker", "1", "--registry", str(reg.root))
     assert result.exit_code == 2 and "failed its ONNX parity check" in result.output
     assert reg.aliases("ranker") == {}
+
+
+def test_serve_checks_the_config_before_starting_anything(tmp_path):
+    import yaml
+
+    config = yaml.safe_load(Path("serve_apps/recommender.yaml").read_text())
+    config["applications"][0]["args"]["registri"] = "x"
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = run("serve", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}: applications.0.args: unknown key 'registri'" in result.output
+
+    config["applications"][0]["args"].pop("registri")
+    config["applications"][0]["args"]["candidates"] = str(tmp_path / "nope")
+    bad.write_text(yaml.safe_dump(config))
+    result = run("serve", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}: key 'applications.0.args.candidates': {tmp_path / 'nope'} does not exist" in result.output
+
+    config["http_options"]["port"] = "eighty"
+    bad.write_text(yaml.safe_dump(config))
+    result = run("serve", str(bad))
+    assert result.exit_code == 2 and f"{bad}: key 'http_options.port'" in result.output

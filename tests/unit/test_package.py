@@ -13,8 +13,13 @@ pytestmark = pytest.mark.unit
 
 
 def test_every_public_name_resolves():
+    import importlib
+
     for name in rayml.__all__:
-        assert getattr(rayml, name) is not None
+        if name == "__version__":
+            continue
+        value = getattr(rayml, name)
+        assert value is getattr(importlib.import_module(rayml._EXPORTS[name]), name)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = rayml.nope
 

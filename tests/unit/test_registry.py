@@ -89,3 +89,55 @@ def test_concurrent_registrations_get_distinct_complete_versions(tmp_path):
     tags = {reg.get("ranker", n).metadata["tag"] for n in numbers}  # every version verifies
     assert tags == {str(i) for i in range(12)}
     assert not [p for p in (root / "ranker").iterdir() if p.name.startswith(".stage")]
+
+
+def test_registry_on_a_non_local_pyarrow_filesystem(tmp_path):
+    """Same API over any pyarrow filesystem: files are copied in with metadata last, downloaded and verified."""
+    import pyarrow.fs as pafs
+
+    remote = pafs._MockFileSystem()
+    src = tmp_path / "m.onnx"
+    src.write_bytes(b"weights" * 1000)
+    reg = ModelRegistry("bucket/registry", filesystem=remote, cache_dir=tmp_path / "cache")
+    v1 = reg.register("ranker", {"model.onnx": src}, {"tag": "a"})
+    v2 = reg.register("ranker", {"model.onnx": src}, {"tag": "b"})
+    assert (v1.version, v2.version) == (1, 2) and not reg.local
+    assert v1.file("model.onnx").read_bytes() == src.read_bytes()
+    assert str(v1.path).startswith(str(tmp_path / "cache"))
+    reg.set_alias("ranker", "production", 2)
+    assert reg.get("ranker").metadata["tag"] == "b"
+    assert [p.base_name for p in remote.get_file_info(pafs.FileSelector("bucket/registry/ranker"))
+            if p.base_name.startswith(".stage")] == []
+    with remote.open_output_stream("bucket/registry/ranker/versions/1/model.onnx") as fh:
+        fh.write(b"truncated")
+    fresh = ModelRegistry("bucket/registry", filesystem=remote, cache_dir=tmp_path / "cache2")
+    with pytest.raises(ArtifactCorruptError, match=r"ranker v1: artifact model.onnx fails its checksum"):
+        fresh.get("ranker", 1)
+
+
+def test_half_written_version_is_invisible(tmp_path):
+    """A version directory without metadata.json (a crashed writer) is neither listed nor numbered over."""
+    root = tmp_path / "reg"
+    register(root, "a")
+    (root / "ranker" / "versions" / "2").mkdir()
+    (root / "ranker" / "versions" / "2" / "model.onnx").write_bytes(b"partial")
+    reg = ModelRegistry(root)
+    assert reg.versions("ranker") == [1]
+    with pytest.raises(RegistryError, match="version 2 does not exist"):
+        reg.get("ranker", 2)
+
+
+def _promote(args):
+    root, alias = args
+    ModelRegistry(root).set_alias("ranker", alias, 1)
+
+
+def test_concurrent_alias_moves_lose_nothing(tmp_path):
+    root = tmp_path / "reg"
+    register(root, "a")
+    aliases = [f"a{i}" for i in range(16)]
+    with ProcessPoolExecutor(4) as pool:
+        list(pool.map(_promote, [(root, a) for a in aliases]))
+    reg = ModelRegistry(root)
+    assert set(reg.aliases("ranker")) == set(aliases)
+    assert sorted(h["alias"] for h in reg.alias_history("ranker")) == sorted(aliases)

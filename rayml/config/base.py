@@ -40,22 +40,37 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
     return sorted(fields) if fields is not None else None
 
 
+_UNION_TAGS = {"bool", "int", "float", "str", "bytes", "none", "dict", "list", "tuple", "set", "date", "datetime"}
+
+
+def _key_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without the union-member tags pydantic inserts (``literal['auto']``, ``bool``, ...)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+
+
 def format_validation_error(source: str, model: type[BaseModel], error: ValidationError) -> str:
-    """One line per problem: ``<source>: key 'a.b': <what is wrong> (got <value>)``."""
-    lines = []
+    """One line per problem: ``<source>: key 'a.b': <what is wrong> (got <value>)``.
+
+    Errors of the alternatives of one union field are merged into one line ("... or ...").
+    """
+    lines: dict[str, str] = {}
     for item in error.errors():
         loc = tuple(item["loc"])
-        key = ".".join(str(p) for p in loc) or "<root>"
         if item["type"] == "extra_forbidden":
+            key = ".".join(str(p) for p in loc) or "<root>"
             allowed = _allowed_keys(model, loc)
             hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-            lines.append(f"{source}: unknown key '{key}'{hint}")
-        elif item["type"] == "missing":
-            lines.append(f"{source}: key '{key}' is required")
+            lines[key] = f"{source}: unknown key '{key}'{hint}"
+            continue
+        key = ".".join(str(p) for p in _key_path(loc)) or "<root>"
+        if item["type"] == "missing":
+            lines[key] = f"{source}: key '{key}' is required"
+        elif key in lines:
+            head, _, got = lines[key].rpartition(" (got ")
+            lines[key] = f"{head} or {item['msg'][0].lower()}{item['msg'][1:]} (got {got}"
         else:
-            got = item.get("input")
-            lines.append(f"{source}: key '{key}': {item['msg']} (got {got!r})")
-    return "\n".join(lines)
+            lines[key] = f"{source}: key '{key}': {item['msg']} (got {item.get('input')!r})"
+    return "\n".join(lines.values())
 
 
 def load_config(path: str | Path, model: type[T], overrides: dict[str, Any] | None = None) -> T:

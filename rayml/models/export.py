@@ -66,3 +66,27 @@ def export_onnx(
     got = ort_session(path).run([output_name], {input_name: sample.astype(np.float32)})[0]
     diff = float(np.max(np.abs(expected - got))) if len(sample) else 0.0
     return Parity(max_abs_diff=diff, tolerance=tolerance, rows=len(sample))
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, sample: np.ndarray,
+                  input_name: str, output_name: str, tolerance: float) -> Parity:
+    """int8 weights via ``onnxruntime.quantization.quantize_dynamic``; parity is int8 vs fp32 on ``sample``."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # quiet "run pre-processing"
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    x = sample.astype(np.float32)
+    fp32 = ort_session(fp32_path).run([output_name], {input_name: x})[0]
+    int8 = ort_session(int8_path).run([output_name], {input_name: x})[0]
+    diff = float(np.max(np.abs(fp32 - int8))) if len(x) else 0.0
+    return Parity(max_abs_diff=diff, tolerance=tolerance, rows=len(x))
+
+
+def onnx_parameter_count(path: str | Path) -> int:
+    """Number of weight elements stored in an ONNX file (int8 weights count once, like fp32 ones)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    return int(sum(np.prod(t.dims) for t in model.graph.initializer if len(t.dims) >= 1))  # scalars: quant scales

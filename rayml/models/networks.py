@@ -39,10 +39,10 @@ class Ranker(nn.Module):
         return self.head(torch.cat([features, cross], dim=1)).squeeze(1)  # [N]
 
 
-class RankerScore(nn.Module):
-    """Export wrapper: click probability in [0, 1] instead of a logit."""
+class ScoreHead(nn.Module):
+    """Export wrapper for any ranker: click probability in [0, 1] instead of a logit."""
 
-    def __init__(self, ranker: Ranker):
+    def __init__(self, ranker: nn.Module):
         super().__init__()
         self.ranker = ranker
 
@@ -83,3 +83,39 @@ class UserTowerExport(nn.Module):
     def forward(self, user_features: torch.Tensor) -> torch.Tensor:
         emb = self.tower(user_features)  # [N, E]
         return torch.cat([emb, torch.ones_like(emb[:, :1])], dim=1)  # [N, E + 1]
+
+
+class Teacher(nn.Module):
+    """The large ranker: [features | user ⊙ item cross] → deep MLP with dropout. Input [N, U + I] → logit [N]."""
+
+    def __init__(self, user_dim: int, item_dim: int, cross_dim: int = 64,
+                 hidden: tuple[int, ...] = (512, 256, 128), dropout: float = 0.2):
+        super().__init__()
+        self.user_dim = user_dim
+        self.user_proj = nn.Linear(user_dim, cross_dim)
+        self.item_proj = nn.Linear(item_dim, cross_dim)
+        sizes = [user_dim + item_dim + cross_dim, *hidden]
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU(), nn.Dropout(dropout)]
+        self.deep = nn.Sequential(*layers, nn.Linear(sizes[-1], 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        user, item = features[:, : self.user_dim], features[:, self.user_dim :]  # [N, U], [N, I]
+        cross = self.user_proj(user) * self.item_proj(item)  # [N, C]
+        return self.deep(torch.cat([features, cross], dim=1)).squeeze(1)  # [N]
+
+
+class Student(nn.Module):
+    """The small ranker: a plain MLP (int8 quantization speeds its matmuls up). Input [N, F] → logit [N]."""
+
+    def __init__(self, input_dim: int, hidden: tuple[int, ...] = (256, 128)):
+        super().__init__()
+        self.net = mlp([input_dim, *hidden, 1])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(1)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

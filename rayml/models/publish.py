@@ -13,7 +13,7 @@ import torch
 
 from rayml.models.data import TrainingData
 from rayml.models.export import export_onnx
-from rayml.models.networks import Ranker, RankerScore, TwoTower, UserTowerExport
+from rayml.models.networks import Ranker, ScoreHead, TwoTower, UserTowerExport
 from rayml.models.training import TrainReport
 from rayml.registry import ModelRegistry, ModelVersion, RegistryError
 from rayml.world import World
@@ -51,7 +51,7 @@ def publish_ranker(
     """Register ``model.onnx`` (features [N, Fu+Fi] → score [N]) with both encoders."""
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        parity = export_onnx(RankerScore(model), data.pairs(_sample_rows(data)), tmpdir / "model.onnx", "features", "score")
+        parity = export_onnx(ScoreHead(model), data.pairs(_sample_rows(data)), tmpdir / "model.onnx", "features", "score")
         if not parity.passed:
             raise RegistryError(f"{RANKER}: ONNX parity failed ({parity.max_abs_diff:.2e} > {parity.tolerance})")
         data.user_encoder.save(tmpdir / "user_encoder.json")

@@ -11,12 +11,18 @@ from ray.serve.schema import ServeDeploySchema
 from rayml.batch import CandidateJobConfig
 from rayml.config import ConfigError, load_config, load_settings
 from rayml.models import ModelsConfig
+from rayml.models.distill_config import DistillConfig
 from rayml.serving import RecommenderArgs
 from rayml.world import WorldConfig
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = {"configs/world": WorldConfig, "configs/models": ModelsConfig, "configs/batch": CandidateJobConfig}
+SCHEMAS = {
+    "configs/world": WorldConfig,
+    "configs/models": ModelsConfig,
+    "configs/batch": CandidateJobConfig,
+    "configs/distill": DistillConfig,
+}
 
 
 def test_every_config_file_loads_through_its_schema():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rayml.models import export_onnx, load_training_data, ort_session, resolve_device
-from rayml.models.networks import Ranker, RankerScore
+from rayml.models.networks import Ranker, ScoreHead
 from rayml.monitoring import ndcg_at_k
 
 pytestmark = pytest.mark.unit
@@ -47,7 +47,7 @@ def test_retriever_embeddings_rank_relevant_items_first(trained, tiny_world):
 
 
 def test_onnx_export_dynamic_batch_and_parity(tmp_path):
-    model = RankerScore(Ranker(6, 4, cross_dim=3, hidden=(8,)))
+    model = ScoreHead(Ranker(6, 4, cross_dim=3, hidden=(8,)))
     sample = np.random.default_rng(0).normal(size=(33, 10)).astype(np.float32)
     parity = export_onnx(model, sample, tmp_path / "m.onnx", "features", "score")
     assert parity.passed and parity.rows == 33

@@ -1,0 +1,126 @@
+"""Distillation pipeline: teacher on Ray Train → soft labels on Ray Data → student on Ray Train → ONNX + int8 → registry."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayml.models.data import TrainingData, load_training_data
+from rayml.models.distill_config import DistillConfig
+from rayml.models.evaluate import EvalRow, evaluate_ranker, holdout_set, markdown_table
+from rayml.models.export import export_onnx, quantize_int8
+from rayml.models.networks import ScoreHead, parameter_count
+from rayml.models.publish import world_lineage
+from rayml.models.ray_train import train_on_ray
+from rayml.models.soft_labels import teacher_logits
+from rayml.registry import ModelRegistry, ModelVersion, RegistryError
+from rayml.world import World
+
+TEACHER = "teacher"
+RANKER = "ranker"
+
+
+@dataclass
+class DistillReport:
+    teacher: str
+    student: str
+    rows: list[EvalRow] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        return markdown_table(self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher, "student": self.student, "rows": [r.to_dict() for r in self.rows],
+                "training": self.training}
+
+
+def _export(model, data: TrainingData, path: Path) -> Any:
+    sample = data.pairs(np.flatnonzero(data.is_holdout)[:2048])
+    return export_onnx(ScoreHead(model), sample, path, "features", "score")
+
+
+def _register(registry: ModelRegistry, name: str, files: dict[str, Path], meta: dict[str, Any]) -> ModelVersion:
+    for parity_key in ("parity", "int8_parity"):
+        if parity_key in meta and not meta[parity_key]["passed"]:
+            raise RegistryError(f"{name}: {parity_key} failed ({meta[parity_key]['max_abs_diff']:.2e}); not registered")
+    return registry.register(name, files, meta)
+
+
+def run_distillation(config: DistillConfig) -> DistillReport:
+    """Run the whole pipeline on the current Ray (started locally when none is given) and register the results."""
+    from rayml.config import init_ray
+
+    init_ray()
+    world = World(config.world)
+    registry = ModelRegistry(config.registry)
+    data = load_training_data(world, config.split.holdout_users, config.split.seed)
+    rows = np.flatnonzero(~data.is_holdout)
+    lineage = world_lineage(world)
+    scaling = config.scaling.model_dump(mode="json")
+    storage = config.storage_path
+    teacher_spec = config.teacher.model_dump(mode="json", exclude={"train"})
+    student_spec = config.student.model_dump(mode="json", include={"hidden"})
+
+    teacher = train_on_ray("teacher", teacher_spec, config.teacher.train, data, rows,
+                           name=f"{config.run_name}-teacher", storage_path=storage, scaling=scaling)
+    logits = teacher_logits(teacher.model, "teacher", teacher_spec, data, config.soft_labels.batch_size,
+                            config.soft_labels.actors)
+    student = train_on_ray("student", student_spec, config.student.train, data, rows,
+                           name=f"{config.run_name}-student", storage_path=storage, scaling=scaling,
+                           teacher_logit=logits, temperature=config.student.temperature, alpha=config.student.alpha)
+    hard = None
+    if config.baseline:
+        hard = train_on_ray("student", student_spec, config.student.train, data, rows,
+                            name=f"{config.run_name}-student-hard", storage_path=storage, scaling=scaling)
+
+    holdout = holdout_set(world, data)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        data.user_encoder.save(tmpdir / "user_encoder.json")
+        data.item_encoder.save(tmpdir / "item_encoder.json")
+        encoders = {f: tmpdir / f for f in ("user_encoder.json", "item_encoder.json")}
+        teacher_parity = _export(teacher.model, data, tmpdir / "teacher.onnx")
+        teacher_v = _register(registry, TEACHER, {"model.onnx": tmpdir / "teacher.onnx", **encoders}, {
+            "kind": "teacher", "params": teacher_spec | {"train": config.teacher.train.model_dump(mode="json")},
+            "parameter_count": parameter_count(teacher.model), "parity": teacher_parity.to_dict(),
+            "training": teacher.metrics, "lineage": lineage,
+        })
+        student_parity = _export(student.model, data, tmpdir / "student.onnx")
+        int8_parity = quantize_int8(tmpdir / "student.onnx", tmpdir / "student.int8.onnx",
+                                    data.pairs(holdout.rows[:4096]), "features", "score",
+                                    config.quantization.max_abs_diff)
+        rows_out = [evaluate_ranker("teacher", teacher_v.label, tmpdir / "teacher.onnx", data, holdout)]
+        if hard is not None:
+            _export(hard.model, data, tmpdir / "hard.onnx")
+            rows_out.append(evaluate_ranker("student, hard labels only", "-", tmpdir / "hard.onnx", data, holdout))
+        student_row = evaluate_ranker("student fp32 (distilled)", "", tmpdir / "student.onnx", data, holdout)
+        int8_row = evaluate_ranker("student int8 (distilled)", "", tmpdir / "student.int8.onnx", data, holdout)
+        student_v = _register(registry, RANKER, {
+            "model.onnx": tmpdir / "student.onnx", "model.int8.onnx": tmpdir / "student.int8.onnx", **encoders,
+        }, {
+            "kind": "ranker", "distilled": True,
+            "params": student_spec | {"temperature": config.student.temperature, "alpha": config.student.alpha,
+                                      "train": config.student.train.model_dump(mode="json")},
+            "parameter_count": parameter_count(student.model),
+            "parity": student_parity.to_dict(), "int8_parity": int8_parity.to_dict(),
+            "metrics": {"holdout_auc": student_row.auc, "ndcg10": student_row.ndcg10,
+                        "int8_ndcg10": int8_row.ndcg10, "int8_auc": int8_row.auc},
+            "training": student.metrics,
+            "lineage": lineage | {"teacher_version": teacher_v.label},
+        })
+    rows_out += [
+        EvalRow(**{**student_row.to_dict(), "version": student_v.label}),
+        EvalRow(**{**int8_row.to_dict(), "version": student_v.label + " (model.int8.onnx)"}),
+    ]
+    if config.alias:
+        registry.set_alias(TEACHER, config.alias, teacher_v.version, reason="distillation run")
+        registry.set_alias(RANKER, config.alias, student_v.version, reason=f"distilled from {teacher_v.label}")
+    report = DistillReport(teacher_v.label, student_v.label, rows_out, {
+        "teacher": teacher.metrics, "student": student.metrics, "hard": hard.metrics if hard else None,
+    })
+    return report

@@ -2,6 +2,8 @@
 
 # No `from __future__ import annotations`: FastAPI must see the real request-model classes.
 
+import logging
+
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -28,6 +30,7 @@ class RecommendResponse(BaseModel):
 
 
 api = FastAPI(title="rayml recommender", version="0.1.0")
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -38,6 +41,24 @@ class Recommender:
     def __init__(self, args: dict) -> None:
         # Serve ships init args to replicas as plain data, so the model travels as a dict.
         self.core = RecommenderCore(RecommenderArgs.model_validate(args))
+
+    def reconfigure(self, config: dict) -> None:
+        """Live `user_config`: ``{"ranker_alias": "canary"}`` swaps the ranker without a restart.
+
+        A version that fails to load (missing, corrupt, failed parity) is refused: the current ranker keeps
+        serving and ``/healthz`` reports the error.
+        """
+        unknown = set(config) - {"ranker_alias"}
+        if unknown:
+            raise ValueError(f"user_config: unknown keys {sorted(unknown)}; allowed: ranker_alias")
+        ref = config.get("ranker_alias")
+        if ref is None:
+            return
+        try:
+            version = self.core.swap_ranker(str(ref))
+            logger.info("serving ranker %s", version)
+        except Exception:
+            logger.exception("ranker %r refused; still serving %s", ref, self.core.model_version)
 
     # Plain `def`: FastAPI runs it in a thread pool, so numpy/ONNX work never blocks the replica's event loop.
     @api.post("/recommend")
@@ -57,7 +78,10 @@ class Recommender:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "model_version": self.core.model_version}
+        body = {"status": "ok", "model_version": self.core.model_version, "artifact": self.core.ranker.artifact}
+        if self.core.reload_error:
+            body["reload_error"] = self.core.reload_error
+        return body
 
 
 def build_recommender(args: RecommenderArgs) -> Application:

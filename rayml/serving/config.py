@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -14,7 +15,10 @@ class RecommenderArgs(StrictModel):
 
     registry: str = Field(description="Registry root directory.")
     ranker_model: str = Field("ranker", description="Registry model name of the ranker.")
-    ranker_alias: str = Field("production", description="Version or alias of the ranker to serve.")
+    ranker_alias: str = Field("production", description="Version or alias of the ranker to serve at start.")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="auto = the version's int8 artifact when it has one, else fp32."
+    )
     candidates: str = Field(description="Output directory of the candidate job.")
     users: str = Field(description="User-feature Parquet (latest valid_from=… snapshot is used).")
     items: str = Field(description="Item-feature Parquet.")

@@ -37,7 +37,7 @@ def test_recommend_answers_with_ranked_candidates(serve_url, candidates):
 def test_healthz(serve_url):
     response = requests.get(f"{serve_url}/healthz", timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model_version": "ranker:v1"}
+    assert response.json() == {"status": "ok", "model_version": "ranker:v1", "artifact": "model.onnx"}
 
 
 def test_served_quality_beats_random(serve_url, tiny_world):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -60,3 +61,39 @@ def test_relative_paths_are_refused_under_job_submit(ray_cluster, trained, tiny_
     log = result.stdout + result.stderr
     assert result.returncode != 0
     assert "keys ['output'] are relative paths" in log
+
+
+def test_distillation_job_under_ray_job_submit(ray_cluster, tiny_world, tmp_path):
+    """Teacher → soft labels → student → int8 → registry, as a submitted job; then the registry is checked."""
+    import yaml
+
+    from rayml.registry import ModelRegistry
+
+    config = yaml.safe_load((REPO / "configs" / "distill" / "demo.yaml").read_text())
+    config.update(world=str(tiny_world.path), registry=str(tmp_path / "registry"),
+                  storage_path=str(tmp_path / "train"), run_name="e2e")
+    config["teacher"].update(hidden=[64, 32], train={"epochs": 2, "batch_size": 512})
+    config["student"].update(hidden=[64, 32], train={"epochs": 2, "batch_size": 512})
+    config_path = tmp_path / "distill.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    report = tmp_path / "report.json"
+    submit = [
+        str(BIN / "ray"), "job", "submit", "--address", ray_cluster, "--working-dir", ".", "--",
+        "python", "batch_jobs/distill.py", "--config", str(config_path), "--report", str(report),
+    ]
+    result = subprocess.run(submit, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", log)
+    assert "| student int8 (distilled) |" in log
+    registry = ModelRegistry(tmp_path / "registry")
+    student = registry.get("ranker", "production")
+    teacher = registry.get("teacher", "production")
+    assert student.metadata["lineage"]["teacher_version"] == teacher.label
+    assert student.metadata["parity"]["passed"] and student.metadata["int8_parity"]["passed"]
+    assert {"model.onnx", "model.int8.onnx", "user_encoder.json", "item_encoder.json"} == set(student.metadata["files"])
+    assert student.file("model.int8.onnx").stat().st_size < student.file("model.onnx").stat().st_size
+    rows = {r["name"]: r for r in json.loads(report.read_text())["rows"]}
+    assert set(rows) == {"teacher", "student, hard labels only", "student fp32 (distilled)", "student int8 (distilled)"}
+    assert rows["teacher"]["params"] > rows["student fp32 (distilled)"]["params"] == rows["student int8 (distilled)"]["params"]
+    assert all(0.3 < r["ndcg10"] <= 1 and 0.5 < r["auc"] < 1 for r in rows.values())

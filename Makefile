@@ -42,6 +42,7 @@ bench: install ## Benchmarks; each prints one JSON line per measurement.
 	$(BIN)/python benchmarks/world_build.py
 	$(MAKE) demo-data
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/distillation.py
 
 clean: ## Remove demo data (keeps .venv).
 	rm -rf $(DEMO)

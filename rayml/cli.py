@@ -105,6 +105,34 @@ def models_train(
         )
 
 
+@models_app.command("evaluate")
+def models_evaluate(
+    world: Annotated[Path, typer.Option(help="World whose held-out users and truth are used.")],
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+    teacher: Annotated[str, typer.Option(help="Teacher version or alias.")] = "production",
+    student: Annotated[str, typer.Option(help="Student ranker version or alias.")] = "production",
+    users: Annotated[int, typer.Option(help="Held-out users ranked over every item.")] = 500,
+    out: Annotated[Path | None, typer.Option(help="Also write the table: .md for markdown, else JSON.")] = None,
+) -> None:
+    """Teacher vs student fp32 vs student int8: params, file size, NDCG@10, AUC, ORT latency (1 thread)."""
+    from rayml.models.distill import evaluate_registered
+    from rayml.models.evaluate import markdown_table
+    from rayml.world import World, WorldNotFoundError
+
+    try:
+        rows = evaluate_registered(World(world), ModelRegistry(registry), teacher, student, users)
+    except (WorldNotFoundError, RegistryError) as exc:
+        raise _fail(str(exc)) from None
+    table = Table("model", "version", "params", "file KB", "NDCG@10", "AUC", "µs batch 1", "µs batch 256")
+    for r in rows:
+        table.add_row(r.name, r.version, f"{r.params:,}", f"{r.file_kb}", f"{r.ndcg10:.4f}", f"{r.auc:.4f}",
+                      f"{r.latency_b1_us}", f"{r.latency_b256_us}")
+    console.print(table)
+    if out:
+        out.write_text(markdown_table(rows) if out.suffix == ".md" else json.dumps([r.to_dict() for r in rows], indent=1))
+        console.print(f"wrote {out}")
+
+
 @registry_app.command("list")
 def registry_list(registry: RegistryOpt = DEFAULT_REGISTRY) -> None:
     """Every model version with its aliases and headline metric."""

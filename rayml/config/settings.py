@@ -16,6 +16,9 @@ class Settings(StrictModel):
 
     object_store_mb: int = Field(500, ge=75, le=1_000_000, description="Object store of a Ray started locally.")
     num_cpus: int | None = Field(None, ge=1, le=100_000, description="CPUs of a Ray started locally (default: all).")
+    dashboard: bool = Field(
+        True, description="Start the Ray dashboard with a local Ray (needed by Ray Train's state checks)."
+    )
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
@@ -47,5 +50,5 @@ def init_ray() -> None:
         address="local",
         num_cpus=settings.num_cpus,
         object_store_memory=settings.object_store_mb * 1024 * 1024,
-        include_dashboard=False,
+        include_dashboard=settings.dashboard,
     )

@@ -36,6 +36,11 @@ class RankerConfig(StrictModel):
 class RetrieverConfig(StrictModel):
     embedding_dim: int = Field(32, ge=2, le=4096, description="Size of user and item embeddings.")
     hidden: int = Field(64, ge=1, le=8192, description="Hidden width of each tower.")
+    loss: Literal["in_batch_softmax", "pointwise"] = Field(
+        "in_batch_softmax",
+        description="in_batch_softmax: clicked pairs, other items of the batch as negatives, logQ-corrected; "
+        "pointwise: click log-loss on every impression.",
+    )
     train: TrainLoop = TrainLoop()
 
 

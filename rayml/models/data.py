@@ -47,12 +47,18 @@ class TrainingData:
         return np.concatenate([self.user_x[self.event_user[rows]], self.item_x[self.event_item[rows]]], axis=1)
 
 
-def load_training_data(world: World, holdout_fraction: float = 0.1, seed: int = 0) -> TrainingData:
-    """Fit encoders on the world's features and index the impression log against them."""
+def load_training_data(
+    world: World,
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+    encoders: tuple[FeatureEncoder, FeatureEncoder] | None = None,
+) -> TrainingData:
+    """Index the impression log against encoded features: encoders fitted on the world, or given (a model's own)."""
     users = world.user_features_table()
     items = world.item_features_table()
-    user_encoder = FeatureEncoder.fit(users, "user_id")
-    item_encoder = FeatureEncoder.fit(items, "item_id")
+    if encoders is None:
+        encoders = FeatureEncoder.fit(users, "user_id"), FeatureEncoder.fit(items, "item_id")
+    user_encoder, item_encoder = encoders
     user_ids = users["user_id"].to_numpy()
     item_ids = items["item_id"].to_numpy()
     events = world.events_dataset().to_table(columns=["user_id", "item_id", "clicked"])

@@ -51,6 +51,27 @@ def _register(registry: ModelRegistry, name: str, files: dict[str, Path], meta: 
     return registry.register(name, files, meta)
 
 
+def evaluate_registered(world: World, registry: ModelRegistry, teacher_ref: str, student_ref: str,
+                        max_users: int = 500) -> list[EvalRow]:
+    """The evaluation table for registered versions: teacher, student fp32 and (when present) student int8.
+
+    Uses the student's own encoders and the held-out split recorded in its lineage.
+    """
+    from rayml.features import FeatureEncoder
+
+    student = registry.get(RANKER, student_ref)
+    teacher = registry.get(TEACHER, teacher_ref)
+    split = student.metadata.get("lineage", {}).get("split", {"holdout_users": 0.1, "seed": 0})
+    encoders = (FeatureEncoder.load(student.file("user_encoder.json")), FeatureEncoder.load(student.file("item_encoder.json")))
+    data = load_training_data(world, split["holdout_users"], split["seed"], encoders)
+    holdout = holdout_set(world, data, max_users)
+    rows = [evaluate_ranker("teacher", teacher.label, teacher.file("model.onnx"), data, holdout),
+            evaluate_ranker("student fp32", student.label, student.file("model.onnx"), data, holdout)]
+    if "model.int8.onnx" in student.metadata["files"]:
+        rows.append(evaluate_ranker("student int8", student.label + " (int8)", student.file("model.int8.onnx"), data, holdout))
+    return rows
+
+
 def run_distillation(config: DistillConfig) -> DistillReport:
     """Run the whole pipeline on the current Ray (started locally when none is given) and register the results."""
     from rayml.config import init_ray
@@ -60,7 +81,7 @@ def run_distillation(config: DistillConfig) -> DistillReport:
     registry = ModelRegistry(config.registry)
     data = load_training_data(world, config.split.holdout_users, config.split.seed)
     rows = np.flatnonzero(~data.is_holdout)
-    lineage = world_lineage(world)
+    lineage = world_lineage(world) | {"split": config.split.model_dump(mode="json")}
     scaling = config.scaling.model_dump(mode="json")
     storage = config.storage_path
     teacher_spec = config.teacher.model_dump(mode="json", exclude={"train"})
@@ -91,9 +112,10 @@ def run_distillation(config: DistillConfig) -> DistillReport:
             "training": teacher.metrics, "lineage": lineage,
         })
         student_parity = _export(student.model, data, tmpdir / "student.onnx")
+        calibration = np.random.default_rng(0).choice(rows, min(len(rows), config.quantization.calibration_rows), replace=False)
         int8_parity = quantize_int8(tmpdir / "student.onnx", tmpdir / "student.int8.onnx",
-                                    data.pairs(holdout.rows[:4096]), "features", "score",
-                                    config.quantization.max_abs_diff)
+                                    data.pairs(np.sort(calibration)), "features", "score",
+                                    config.quantization.max_abs_diff, config.quantization.mode)
         rows_out = [evaluate_ranker("teacher", teacher_v.label, tmpdir / "teacher.onnx", data, holdout)]
         if hard is not None:
             _export(hard.model, data, tmpdir / "hard.onnx")
@@ -107,7 +129,8 @@ def run_distillation(config: DistillConfig) -> DistillReport:
             "params": student_spec | {"temperature": config.student.temperature, "alpha": config.student.alpha,
                                       "train": config.student.train.model_dump(mode="json")},
             "parameter_count": parameter_count(student.model),
-            "parity": student_parity.to_dict(), "int8_parity": int8_parity.to_dict(),
+            "parity": student_parity.to_dict(),
+            "int8_parity": int8_parity.to_dict() | {"mode": config.quantization.mode},
             "metrics": {"holdout_auc": student_row.auc, "ndcg10": student_row.ndcg10,
                         "int8_ndcg10": int8_row.ndcg10, "int8_auc": int8_row.auc},
             "training": student.metrics,

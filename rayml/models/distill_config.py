@@ -26,8 +26,8 @@ class Scaling(StrictModel):
 class TeacherConfig(StrictModel):
     """The large ranker: cross term + deep MLP with dropout."""
 
-    cross_dim: int = Field(64, ge=1, le=4096, description="Width of the user ⊙ item cross term.")
-    hidden: tuple[int, ...] = Field((512, 256, 128), min_length=1, max_length=8, description="Deep MLP widths.")
+    cross_dim: int = Field(128, ge=1, le=4096, description="Width of the user ⊙ item cross term.")
+    hidden: tuple[int, ...] = Field((1024, 512, 256), min_length=1, max_length=8, description="Deep MLP widths.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout after each hidden layer.")
     train: TrainLoop = TrainLoop(epochs=6, lr=2e-3, weight_decay=1e-4)
 
@@ -49,7 +49,12 @@ class SoftLabels(StrictModel):
 
 
 class Quantization(StrictModel):
-    mode: Literal["dynamic"] = Field("dynamic", description="onnxruntime.quantization.quantize_dynamic, int8 weights.")
+    mode: Literal["static", "dynamic"] = Field(
+        "static",
+        description="static: int8 weights and activations calibrated on the world's impressions (QDQ); "
+        "dynamic: int8 weights, activation ranges per call.",
+    )
+    calibration_rows: int = Field(4096, ge=16, le=1_000_000, description="Training impressions used to calibrate.")
     max_abs_diff: float = Field(0.05, gt=0, le=1, description="Largest int8-vs-fp32 score difference accepted.")
 
 

@@ -68,16 +68,40 @@ def export_onnx(
     return Parity(max_abs_diff=diff, tolerance=tolerance, rows=len(sample))
 
 
+class _Calibration:
+    """Feeds calibration batches to ``quantize_static`` (implements ``CalibrationDataReader``)."""
+
+    def __init__(self, input_name: str, sample: np.ndarray, batch: int = 256) -> None:
+        self._batches = iter([{input_name: sample[i : i + batch]} for i in range(0, len(sample), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, sample: np.ndarray,
-                  input_name: str, output_name: str, tolerance: float) -> Parity:
-    """int8 weights via ``onnxruntime.quantization.quantize_dynamic``; parity is int8 vs fp32 on ``sample``."""
+                  input_name: str, output_name: str, tolerance: float, mode: str = "static") -> Parity:
+    """int8 ONNX via ``onnxruntime.quantization``; parity is int8 vs fp32 on ``sample``.
+
+    ``static``: weights and activations in int8 (QDQ), activation ranges calibrated on ``sample`` (real data);
+    ``dynamic``: int8 weights, activation ranges computed per call.
+    """
     import logging
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # quiet "run pre-processing"
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
     x = sample.astype(np.float32)
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # quiet "run pre-processing"
+    if mode == "dynamic":
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    elif mode == "static":
+        prepared = Path(int8_path).with_suffix(".pre.onnx")
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(str(prepared), str(int8_path), _Calibration(input_name, x),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        prepared.unlink()
+    else:
+        raise ValueError(f"quantization mode {mode!r}: use 'static' or 'dynamic'")
     fp32 = ort_session(fp32_path).run([output_name], {input_name: x})[0]
     int8 = ort_session(int8_path).run([output_name], {input_name: x})[0]
     diff = float(np.max(np.abs(fp32 - int8))) if len(x) else 0.0

@@ -98,8 +98,57 @@ def train_ranker(data: TrainingData, config: RankerConfig) -> tuple[Ranker, Trai
     return model, report
 
 
+class InBatchSoftmax(nn.Module):
+    """Sampled-softmax objective for a :class:`TwoTower`: each clicked pair's item against the batch's items.
+
+    ``logit[i, j] = user_i · item_j + bias_j − log q_j``, where ``q_j`` is item j's share of clicks (the
+    logQ correction removes the popularity bias of in-batch sampling). Target: the diagonal.
+    """
+
+    def __init__(self, model: TwoTower, log_q: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.log_q: torch.Tensor
+        self.register_buffer("log_q", log_q)
+
+    def forward(self, user_x: torch.Tensor, item_x: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
+        user = self.model.user(user_x)  # [B, E]
+        item = self.model.item(item_x)  # [B, E + 1], bias last
+        logits = user @ item[:, :-1].T + item[:, -1][None, :] - self.log_q[item_rows][None, :]  # [B, B]
+        same = item_rows[:, None] == item_rows[None, :]
+        logits = logits.masked_fill(same & ~torch.eye(len(item_rows), dtype=torch.bool, device=logits.device), -1e9)
+        return nn.functional.cross_entropy(logits, torch.arange(len(item_rows), device=logits.device))
+
+
+def _fit_in_batch(model: TwoTower, data: TrainingData, rows: np.ndarray, loop: TrainLoop) -> TrainReport:
+    device = resolve_device(loop.device)
+    clicks = np.bincount(data.event_item[rows], minlength=len(data.item_ids)).astype(np.float64) + 1.0
+    objective = InBatchSoftmax(model, torch.from_numpy(np.log(clicks / clicks.sum()).astype(np.float32)))
+    torch.manual_seed(loop.seed)
+    rng = np.random.default_rng(loop.seed)
+    objective.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
+    report = TrainReport(device=str(device), epochs=loop.epochs, train_rows=len(rows))
+    for _ in range(loop.epochs):
+        order = rng.permutation(rows)
+        total = 0.0
+        for lo in range(0, len(order) - 1, loop.batch_size):
+            batch = order[lo : lo + loop.batch_size]
+            loss = objective(_tensor(data.user_x[data.event_user[batch]], device),
+                             _tensor(data.item_x[data.event_item[batch]], device),
+                             _tensor(data.event_item[batch], device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        report.loss.append(total / max(len(order), 1))
+    objective.eval().cpu()
+    return report
+
+
 def train_retriever(data: TrainingData, config: RetrieverConfig) -> tuple[TwoTower, TrainReport]:
-    """Fit a :class:`TwoTower` on non-holdout impressions; report AUC on holdout ones."""
+    """Fit a :class:`TwoTower` on non-holdout impressions (in-batch softmax over clicks, or pointwise);
+    report AUC of its scores on holdout impressions."""
     model = TwoTower(data.user_x.shape[1], data.item_x.shape[1], config.embedding_dim, config.hidden)
 
     def batch(rows: np.ndarray, device: torch.device):
@@ -108,7 +157,10 @@ def train_retriever(data: TrainingData, config: RetrieverConfig) -> tuple[TwoTow
         return (user, item), _tensor(data.label[rows], device)
 
     train_rows = np.flatnonzero(~data.is_holdout)
-    report = fit_binary(model, batch, train_rows, config.train)
+    if config.loss == "in_batch_softmax":
+        report = _fit_in_batch(model, data, train_rows[data.label[train_rows] > 0], config.train)
+    else:
+        report = fit_binary(model, batch, train_rows, config.train)
     held = np.flatnonzero(data.is_holdout)
     report.holdout_auc = _holdout_auc(model, batch, held, data.label[held])
     return model, report

@@ -48,7 +48,7 @@ def test_killed_driver_resumes_from_last_checkpoint(tiny_world, tmp_path):
         first.wait()
         kill_pids(pids_with_marker(ray_tmp))
         done = checkpoint_epochs(storage / "resume-test")
-        assert 2 <= len(done) and done[-1] < EPOCHS - 1, done
+        assert len(done) >= 2 and done[-1] < EPOCHS - 1, done
 
         second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

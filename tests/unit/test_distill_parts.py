@@ -36,9 +36,12 @@ def test_int8_is_smaller_close_to_fp32_and_counts_the_same_weights(tmp_path):
     model = Student(60, (256, 128)).eval()
     sample = np.random.default_rng(0).normal(size=(512, 60)).astype(np.float32)
     fp32 = export_onnx(ScoreHead(model), sample, tmp_path / "s.onnx", "features", "score")
-    int8 = quantize_int8(tmp_path / "s.onnx", tmp_path / "s8.onnx", sample, "features", "score", tolerance=0.05)
-    assert fp32.passed and int8.passed and 0 < int8.max_abs_diff < 0.05
-    assert (tmp_path / "s8.onnx").stat().st_size < 0.35 * (tmp_path / "s.onnx").stat().st_size
+    for mode in ("static", "dynamic"):
+        int8 = quantize_int8(tmp_path / "s.onnx", tmp_path / "s8.onnx", sample, "features", "score", 0.05, mode)
+        assert fp32.passed and int8.passed and 0 < int8.max_abs_diff < 0.05, mode
+        assert (tmp_path / "s8.onnx").stat().st_size < 0.35 * (tmp_path / "s.onnx").stat().st_size, mode
+    with pytest.raises(ValueError, match="quantization mode 'fp8'"):
+        quantize_int8(tmp_path / "s.onnx", tmp_path / "s9.onnx", sample, "features", "score", 0.05, "fp8")
     assert onnx_parameter_count(tmp_path / "s.onnx") == parameter_count(model)
     scores = ort_session(tmp_path / "s8.onnx").run(None, {"features": sample})[0]
     assert scores.shape == (512,) and ((scores >= 0) & (scores <= 1)).all()

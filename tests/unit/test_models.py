@@ -65,3 +65,31 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="cuda was requested"):
             resolve_device("cuda")
+
+
+def test_in_batch_softmax_targets_the_diagonal_and_masks_duplicate_items():
+    from rayml.models.networks import TwoTower
+    from rayml.models.training import InBatchSoftmax
+
+    torch.manual_seed(0)
+    model = TwoTower(4, 3, embedding_dim=5, hidden=8)
+    objective = InBatchSoftmax(model, torch.log(torch.full((10,), 0.1)))
+    user, item = torch.randn(6, 4), torch.randn(6, 3)
+    rows = torch.tensor([0, 1, 2, 2, 3, 4])  # rows 2 and 3 show the same item
+    loss = objective(user, item, rows)
+    u, v = model.user(user), model.item(item)
+    logits = u @ v[:, :-1].T + v[:, -1][None, :] + np.log(10)
+    logits[2, 3] = logits[3, 2] = -1e9  # the same item is not a negative for its own duplicate
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(6))
+    assert torch.isclose(loss, expected, atol=1e-5)
+
+
+def test_both_retriever_objectives_learn(tiny_world):
+    from rayml.models import RetrieverConfig, train_retriever
+
+    data = load_training_data(tiny_world)
+    for loss in ("in_batch_softmax", "pointwise"):
+        config = RetrieverConfig.model_validate({"loss": loss, "train": {"epochs": 2, "batch_size": 256, "device": "cpu"}})
+        _, report = train_retriever(data, config)
+        assert report.holdout_auc > 0.6, (loss, report.holdout_auc)
+        assert report.loss[-1] < report.loss[0]

@@ -36,10 +36,11 @@ class RankerConfig(StrictModel):
 class RetrieverConfig(StrictModel):
     embedding_dim: int = Field(32, ge=2, le=4096, description="Size of user and item embeddings.")
     hidden: int = Field(64, ge=1, le=8192, description="Hidden width of each tower.")
-    loss: Literal["in_batch_softmax", "pointwise"] = Field(
-        "in_batch_softmax",
-        description="in_batch_softmax: clicked pairs, other items of the batch as negatives, logQ-corrected; "
-        "pointwise: click log-loss on every impression.",
+    loss: Literal["pointwise", "in_batch_softmax"] = Field(
+        "pointwise",
+        description="pointwise: click log-loss on every impression (the logged non-clicks are the sampled "
+        "negatives); in_batch_softmax: clicked pairs against the batch's other items, logQ-corrected. "
+        "On the demo world pointwise retrieves better (docs/benchmarks.md).",
     )
     train: TrainLoop = TrainLoop()
 

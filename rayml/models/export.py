@@ -113,4 +113,9 @@ def onnx_parameter_count(path: str | Path) -> int:
     import onnx
 
     model = onnx.load(str(path))
-    return int(sum(np.prod(t.dims) for t in model.graph.initializer if len(t.dims) >= 1))  # scalars: quant scales
+    return int(sum(
+        np.prod(t.dims) for t in model.graph.initializer
+        if len(t.dims) >= 1  # scalars are quantization scales
+        and t.data_type != onnx.TensorProto.INT64  # shape/axes constants
+        and not t.name.endswith(("_scale", "_zero_point"))
+    ))

@@ -42,7 +42,7 @@ def test_int8_is_smaller_close_to_fp32_and_counts_the_same_weights(tmp_path):
         assert (tmp_path / "s8.onnx").stat().st_size < 0.35 * (tmp_path / "s.onnx").stat().st_size, mode
     with pytest.raises(ValueError, match="quantization mode 'fp8'"):
         quantize_int8(tmp_path / "s.onnx", tmp_path / "s9.onnx", sample, "features", "score", 0.05, "fp8")
-    assert onnx_parameter_count(tmp_path / "s.onnx") == parameter_count(model)
+    assert onnx_parameter_count(tmp_path / "s.onnx") == parameter_count(model) == onnx_parameter_count(tmp_path / "s8.onnx")
     scores = ort_session(tmp_path / "s8.onnx").run(None, {"features": sample})[0]
     assert scores.shape == (512,) and ((scores >= 0) & (scores <= 1)).all()
 

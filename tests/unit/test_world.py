@@ -134,3 +134,24 @@ def test_world_without_events_says_so(tmp_path):
     assert not world.has_events
     with pytest.raises(WorldNotFoundError, match="built without events"):
         world.events_dataset()
+
+
+def _peak_rss_mb(n_users: int, tmp_path) -> float:
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys; from rayml.world import WorldConfig, build_world; "
+        f"build_world(WorldConfig(n_users={n_users}, n_items=500, chunk_users=5000, impressions_per_user=10, days=7), "
+        "sys.argv[1]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"w{n_users}")], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+@pytest.mark.slow
+def test_streaming_build_memory_does_not_grow_with_users(tmp_path):
+    """Peak RSS is set by the chunk, not the world: 8× the users costs (almost) no more memory."""
+    small, large = _peak_rss_mb(10_000, tmp_path), _peak_rss_mb(80_000, tmp_path)
+    assert large < small * 1.15 + 30, (small, large)
+    assert large < 2048

@@ -8,7 +8,7 @@ DEMO := .rayml/demo
 PYTEST_ARGS ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install demo demo-data test test-unit lint bench clean
+.PHONY: help install demo demo-data test test-unit lint bench clean redis-server
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ demo-data: install ## Build the demo world, train and register models, generate 
 demo: demo-data ## Everything in demo-data, then `serve run serve_apps/recommender.yaml` in the foreground.
 	$(BIN)/rayml serve serve_apps/recommender.yaml
 
-test: install ## Run every test tier (unit, integration, e2e).
+redis-server: ## Install redis-server (Debian) when missing; the tests start their own on free ports.
+	@command -v redis-server >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
+
+test: install redis-server ## Run every test tier (unit, integration, e2e).
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Only the fast tests that need no Ray.

@@ -1,0 +1,92 @@
+"""Redis online store: one key per (view, entity) holding the row as msgpack; a batch lookup is one MGET.
+
+Keys are ``<prefix>:<view>:<id>``; the view's column names live in ``<prefix>:<view>:__columns__``.
+Connection problems raise :class:`OnlineStoreUnavailable`, which callers turn into degraded answers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import numpy as np
+import pyarrow as pa
+
+from rayml.features.online import Lookup
+
+
+class OnlineStoreUnavailable(ConnectionError):
+    """The online store cannot be reached; the message says which one."""
+
+
+class RedisOnlineStore:
+    """Online store on a Redis server (``redis`` client; pipelined writes, MGET reads, optional TTL)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0, prefix: str = "rayml",
+                 ttl_s: int | None = None, timeout_s: float = 0.2) -> None:
+        import redis
+
+        self.address = f"redis://{host}:{port}/{db}"
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self.client = redis.Redis(host=host, port=port, db=db, socket_timeout=timeout_s,
+                                  socket_connect_timeout=timeout_s, health_check_interval=0)
+        self._columns: dict[str, list[str]] = {}
+
+    def _key(self, view: str, entity: int | str) -> str:
+        return f"{self.prefix}:{view}:{entity}"
+
+    def write(self, view: str, table: pa.Table, key: str, batch: int = 10_000) -> int:
+        """Upsert one row per entity of ``table``; returns rows written."""
+        columns = [c for c in table.column_names if c != key]
+        ids = table[key].to_pylist()
+        values = [table[c].to_pylist() for c in columns]
+        try:
+            self.client.set(self._key(view, "__columns__"), json.dumps(columns))
+            for lo in range(0, len(ids), batch):
+                pipe = self.client.pipeline(transaction=False)
+                for i in range(lo, min(lo + batch, len(ids))):
+                    row = msgpack.packb([v[i] for v in values])
+                    pipe.set(self._key(view, ids[i]), row, ex=self.ttl_s)
+                pipe.execute()
+        except self._errors as exc:
+            raise OnlineStoreUnavailable(f"{self.address}: {exc}") from None
+        self._columns[view] = columns
+        return len(ids)
+
+    def columns(self, view: str) -> list[str]:
+        if view not in self._columns:
+            try:
+                raw = self.client.get(self._key(view, "__columns__"))
+            except self._errors as exc:
+                raise OnlineStoreUnavailable(f"{self.address}: {exc}") from None
+            if raw is None:
+                raise KeyError(f"online store {self.address} has no view {view!r}")
+            self._columns[view] = json.loads(raw)
+        return self._columns[view]
+
+    def lookup(self, view: str, ids: np.ndarray, features: list[str] | None = None) -> Lookup:
+        """Values for ``ids`` in one round trip (MGET); unknown or expired ids get NaN/None and ``found=False``."""
+        columns = self.columns(view)
+        wanted = features or columns
+        index = []
+        for name in wanted:
+            if name not in columns:
+                raise KeyError(f"view {view!r} has no feature {name!r}")
+            index.append(columns.index(name))
+        ids = np.asarray(ids)
+        try:
+            raw = self.client.mget([self._key(view, int(i)) for i in ids])
+        except self._errors as exc:
+            raise OnlineStoreUnavailable(f"{self.address}: {exc}") from None
+        found = np.array([r is not None for r in raw], dtype=bool)
+        rows = [msgpack.unpackb(r) if r is not None else None for r in raw]
+        out = {}
+        for name, j in zip(wanted, index, strict=True):
+            values = [row[j] if row is not None else None for row in rows]
+            if any(isinstance(v, str) for v in values):
+                out[name] = np.asarray(values, dtype=object)
+            else:
+                out[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        return Lookup(out, found)

@@ -41,7 +41,10 @@ lint: install ## ruff and mypy.
 	$(BIN)/ruff check rayml serve_apps batch_jobs benchmarks tests
 	$(BIN)/mypy
 
-bench: install ## Benchmarks; each prints one JSON line per measurement.
+bench: install redis-server ## Benchmarks; each prints one JSON line per measurement.
+	@port=$$($(BIN)/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"); \
+	redis-server --port $$port --bind 127.0.0.1 --save '' --appendonly no >/dev/null & rpid=$$!; sleep 0.5; \
+	$(BIN)/python benchmarks/feature_store.py --redis-port $$port; status=$$?; kill $$rpid; exit $$status
 	$(BIN)/python benchmarks/world_build.py
 	$(MAKE) demo-data
 	$(BIN)/python benchmarks/quality.py

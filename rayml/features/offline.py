@@ -27,6 +27,11 @@ def read_history(source: str | Path, key: str, timestamp: str = "valid_from") ->
     return frame.sort_values([timestamp, key], kind="stable").reset_index(drop=True)
 
 
+def _as_us(values: np.ndarray) -> np.ndarray:
+    """Timestamps at one resolution (merge_asof refuses mixed ``[s]`` and ``[us]`` keys)."""
+    return np.asarray(pd.to_datetime(values)).astype("datetime64[us]")
+
+
 def point_in_time_rows(
     history_keys: np.ndarray,
     history_ts: np.ndarray,
@@ -39,9 +44,9 @@ def point_in_time_rows(
     A row is valid for an event when its key matches, ``row_ts <= event_ts`` and (with ``ttl``)
     ``event_ts - row_ts <= ttl``. Among valid rows the latest wins.
     """
-    history = pd.DataFrame({"key": np.asarray(history_keys, np.int64), "ts": pd.to_datetime(history_ts),
+    history = pd.DataFrame({"key": np.asarray(history_keys, np.int64), "ts": _as_us(history_ts),
                             "row": np.arange(len(history_keys), dtype=np.int64)})
-    events = pd.DataFrame({"key": np.asarray(event_keys, np.int64), "ts": pd.to_datetime(event_ts),
+    events = pd.DataFrame({"key": np.asarray(event_keys, np.int64), "ts": _as_us(event_ts),
                            "order": np.arange(len(event_keys), dtype=np.int64)})
     history = history.sort_values("ts", kind="stable")
     events = events.sort_values("ts", kind="stable")

@@ -36,6 +36,12 @@ def test_crafted_case_where_a_naive_join_leaks_the_future():
     assert joined["user_id"].tolist() == events["user_id"].tolist()  # input order kept
 
 
+def test_mixed_timestamp_resolutions_join():
+    history = pd.DataFrame({"user_id": [1], "valid_from": np.array(["2026-01-01"], dtype="datetime64[s]"), "x": [1.0]})
+    events = pd.DataFrame({"user_id": [1], "event_timestamp": np.array(["2026-01-02T00:00:00.5"], dtype="datetime64[ms]")})
+    assert get_historical_features(events, history, key="user_id")["x"].tolist() == [1.0]
+
+
 def test_ttl_expires_old_values():
     history = pd.DataFrame({"user_id": [1], "valid_from": [T("2026-01-01")], "spend": [3.0]})
     events = pd.DataFrame({"user_id": [1, 1], "event_timestamp": [T("2026-01-02"), T("2026-01-20")]})

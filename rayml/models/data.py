@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from rayml.features import FeatureEncoder
+from rayml.features.offline import point_in_time_rows, read_history
 from rayml.world import World
 
 
@@ -21,11 +23,11 @@ class TrainingData:
     """Everything a model in the slice trains on.
 
     Attributes:
-        user_ids: [U] sorted user ids; row i of ``user_x`` belongs to ``user_ids[i]``.
-        user_x: [U, Fu] encoded user features.
+        user_ids: [H] user id of each user-feature row (one row per snapshot and user).
+        user_x: [H, Fu] encoded user features.
         item_ids: [I] sorted item ids; row j of ``item_x`` belongs to ``item_ids[j]``.
         item_x: [I, Fi] encoded item features.
-        event_user: [E] row index into ``user_x`` of each impression.
+        event_user: [E] row index into ``user_x`` of each impression (the snapshot valid at its time).
         event_item: [E] row index into ``item_x``.
         label: [E] 1.0 when the impression was clicked.
         is_holdout: [E] True when the impression's user is held out for evaluation.
@@ -53,16 +55,24 @@ def load_training_data(
     seed: int = 0,
     encoders: tuple[FeatureEncoder, FeatureEncoder] | None = None,
 ) -> TrainingData:
-    """Index the impression log against encoded features: encoders fitted on the world, or given (a model's own)."""
-    users = world.user_features_table()
+    """Index the impression log against encoded features: encoders fitted on the world, or given (a model's own).
+
+    User features are joined point-in-time: each impression gets the user-feature snapshot that was valid
+    when it happened (``valid_from <= ts``), never a later one. ``user_x`` holds one row per (snapshot, user).
+    """
+    history = read_history(world.path / "users", "user_id")  # sorted by (valid_from, user_id)
+    users = pa.Table.from_pandas(history.drop(columns=["valid_from"]), preserve_index=False)
     items = world.item_features_table()
     if encoders is None:
         encoders = FeatureEncoder.fit(users, "user_id"), FeatureEncoder.fit(items, "item_id")
     user_encoder, item_encoder = encoders
     user_ids = users["user_id"].to_numpy()
     item_ids = items["item_id"].to_numpy()
-    events = world.events_dataset().to_table(columns=["user_id", "item_id", "clicked"])
+    events = world.events_dataset().to_table(columns=["user_id", "item_id", "ts", "clicked"])
     ev_users = events["user_id"].to_numpy()
+    event_user = point_in_time_rows(user_ids, history["valid_from"].to_numpy(), ev_users, events["ts"].to_numpy())
+    if (event_user < 0).any():
+        raise ValueError(f"{world.path}: {int((event_user < 0).sum())} impressions precede every user snapshot")
     return TrainingData(
         user_encoder=user_encoder,
         item_encoder=item_encoder,
@@ -70,7 +80,7 @@ def load_training_data(
         user_x=user_encoder.transform(users),
         item_ids=item_ids,
         item_x=item_encoder.transform(items),
-        event_user=np.searchsorted(user_ids, ev_users),
+        event_user=event_user,
         event_item=np.searchsorted(item_ids, events["item_id"].to_numpy()),
         label=events["clicked"].to_numpy(zero_copy_only=False).astype(np.float32),
         is_holdout=holdout_mask(ev_users, holdout_fraction, seed),

@@ -10,6 +10,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from rayml.batch import CandidateJobConfig
 from rayml.config import ConfigError, load_config, load_settings
+from rayml.features.definitions import FeatureRepo
 from rayml.models import ModelsConfig
 from rayml.models.distill_config import DistillConfig
 from rayml.serving import RecommenderArgs
@@ -22,6 +23,7 @@ SCHEMAS = {
     "configs/models": ModelsConfig,
     "configs/batch": CandidateJobConfig,
     "configs/distill": DistillConfig,
+    "configs/features": FeatureRepo,
 }
 
 

@@ -93,3 +93,20 @@ def test_both_retriever_objectives_learn(tiny_world):
         _, report = train_retriever(data, config)
         assert report.holdout_auc > 0.6, (loss, report.holdout_auc)
         assert report.loss[-1] < report.loss[0]
+
+
+def test_training_data_joins_user_features_point_in_time(tmp_path):
+    """With covariate drift, impressions before the drift day get the old snapshot, later ones the new."""
+    from rayml.world import World, WorldConfig, build_world
+
+    config = WorldConfig(n_users=300, n_items=40, days=6, impressions_per_user=20, chunk_users=300,
+                         drift={"covariate": {"enabled": True, "start_day": 3, "shift": 2.0}})
+    build_world(config, tmp_path / "w")
+    world = World(tmp_path / "w")
+    data = load_training_data(world)
+    events = world.events_dataset().to_table(columns=["user_id", "ts"]).to_pandas()
+    assert len(data.user_x) == 600  # two snapshots × 300 users
+    assert (data.user_ids[data.event_user] == events["user_id"].to_numpy()).all()
+    after = (events["ts"] >= "2026-01-04").to_numpy()
+    assert after.any() and (~after).any()
+    assert (data.event_user[~after] < 300).all() and (data.event_user[after] >= 300).all()

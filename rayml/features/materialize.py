@@ -86,8 +86,12 @@ def _merge_snapshot(path: Path, new: pa.Table, key: str) -> None:
 
 
 def materialize_view(repo: FeatureRepo, view_name: str, state_dir: str | Path, batch_size: int = 10_000,
-                     num_cpus: float = 0.5) -> MaterializeSummary:
-    """Materialize partitions of ``view_name`` newer than the watermark. Ray must be initialised."""
+                     num_cpus: float = 0.25) -> MaterializeSummary:
+    """Materialize partitions of ``view_name`` newer than the watermark. Ray must be initialised.
+
+    Read tasks and the writer actor take ``num_cpus`` each (fractions), so the job also fits beside
+    Serve replicas on a 2-core box instead of waiting forever for a whole free CPU.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -102,7 +106,9 @@ def materialize_view(repo: FeatureRepo, view_name: str, state_dir: str | Path, b
     for value, path in _partitions(Path(view.source), view.timestamp):
         if watermark is not None and (value == STATIC or value <= watermark):
             continue
-        ds = ray.data.read_parquet(str(path)).select_columns([key, *view.features])
+        ds = ray.data.read_parquet(str(path), ray_remote_args={"num_cpus": num_cpus}).select_columns(
+            [key, *view.features]
+        )
         if isinstance(repo.online_store, RedisStoreConfig):
             written = ds.map_batches(
                 RedisWriter,

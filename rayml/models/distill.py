@@ -14,14 +14,11 @@ from rayml.models.distill_config import DistillConfig
 from rayml.models.evaluate import EvalRow, evaluate_ranker, holdout_set, markdown_table
 from rayml.models.export import export_onnx, quantize_int8
 from rayml.models.networks import ScoreHead, parameter_count
-from rayml.models.publish import world_lineage
+from rayml.models.publish import RANKER, TEACHER, world_lineage
 from rayml.models.ray_train import train_on_ray
 from rayml.models.soft_labels import teacher_logits
 from rayml.registry import ModelRegistry, ModelVersion, RegistryError
 from rayml.world import World
-
-TEACHER = "teacher"
-RANKER = "ranker"
 
 
 @dataclass

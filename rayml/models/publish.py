@@ -20,6 +20,7 @@ from rayml.world import World
 
 RANKER = "ranker"
 RETRIEVER = "retriever"
+TEACHER = "teacher"
 
 
 def code_revision() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,23 +66,14 @@ def wait_for_recommendation(port: int, process: subprocess.Popen, timeout_s: flo
     raise AssertionError("the app never answered")
 
 
-def test_serve_run_answers_and_stops_cleanly(demo_layout, tmp_path):
-    """`serve run` resolves the YAML's relative paths against its working directory, like `make demo`."""
-    config_path, port = shipped_config_on_free_ports(tmp_path)
+@contextlib.contextmanager
+def cli_process(cmd: list[str], cwd: Path, log_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run ``cmd`` in its own session with a private RAY_TMPDIR; afterwards kill whatever is left, by PID."""
     ray_tmp = tempfile.mkdtemp(prefix="/tmp/rs")
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [str(BIN / "serve"), "run", str(config_path)], cwd=demo_layout, env=cli_env() | {"RAY_TMPDIR": ray_tmp},
-        start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
-    )
+    process = subprocess.Popen(cmd, cwd=cwd, env=cli_env() | {"RAY_TMPDIR": ray_tmp}, start_new_session=True,
+                               stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     try:
-        body = wait_for_recommendation(port, process)
-        assert body["user_id"] == 3 and len(body["items"]) == 4 and body["model_version"] == "ranker:v1"
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        process.wait(timeout=60)
-        assert "Got KeyboardInterrupt, shutting down" in (tmp_path / "serve.log").read_text()
-        time.sleep(2)
-        assert pids_with_marker(ray_tmp) == [], "Ray processes left behind after Ctrl-C"
+        yield process, ray_tmp
     finally:
         if process.poll() is None:
             process.kill()
@@ -88,17 +81,26 @@ def test_serve_run_answers_and_stops_cleanly(demo_layout, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def test_serve_run_answers_and_stops_cleanly(demo_layout, tmp_path):
+    """`serve run` resolves the YAML's relative paths against its working directory, like `make demo`."""
+    config_path, port = shipped_config_on_free_ports(tmp_path)
+    cmd = [str(BIN / "serve"), "run", str(config_path)]
+    with cli_process(cmd, demo_layout, tmp_path / "serve.log") as (process, ray_tmp):
+        body = wait_for_recommendation(port, process)
+        assert body["user_id"] == 3 and len(body["items"]) == 4 and body["model_version"] == "ranker:v1"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        process.wait(timeout=60)
+        assert "Got KeyboardInterrupt, shutting down" in (tmp_path / "serve.log").read_text()
+        time.sleep(2)
+        assert pids_with_marker(ray_tmp) == [], "Ray processes left behind after Ctrl-C"
+
+
 def test_rayml_serve_prints_a_working_curl_and_stops_on_ctrl_c(demo_layout, tmp_path):
     """What `make demo` runs last: the printed curl works; Ctrl-C exits 0 and leaves no process behind."""
     config_path, port = shipped_config_on_free_ports(tmp_path)
-    ray_tmp = tempfile.mkdtemp(prefix="/tmp/rs")
     log_path = tmp_path / "rayml-serve.log"
-    process = subprocess.Popen(
-        [str(BIN / "rayml"), "serve", str(config_path), "--user-id", "5"], cwd=demo_layout,
-        env=cli_env() | {"RAY_TMPDIR": ray_tmp}, start_new_session=True,
-        stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-    )
-    try:
+    cmd = [str(BIN / "rayml"), "serve", str(config_path), "--user-id", "5"]
+    with cli_process(cmd, demo_layout, log_path) as (process, ray_tmp):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and "recommender is ready" not in log_path.read_text():
             assert process.poll() is None, log_path.read_text()[-3000:]
@@ -112,8 +114,3 @@ def test_rayml_serve_prints_a_working_curl_and_stops_on_ctrl_c(demo_layout, tmp_
         assert "stopped" in log_path.read_text()
         time.sleep(2)
         assert pids_with_marker(ray_tmp) == [], "Ray processes left behind after Ctrl-C"
-    finally:
-        if process.poll() is None:
-            process.kill()
-        kill_pids(pids_with_marker(ray_tmp))
-        shutil.rmtree(ray_tmp, ignore_errors=True)

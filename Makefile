@@ -24,6 +24,7 @@ demo-data: install ## Build the demo world, train and register models, generate 
 	$(BIN)/rayml world build configs/world/demo.yaml --out $(DEMO)/world
 	$(BIN)/rayml models train configs/models/demo.yaml --world $(DEMO)/world --registry $(DEMO)/registry
 	$(BIN)/python batch_jobs/generate_candidates.py --config configs/batch/candidates.yaml
+	$(BIN)/python batch_jobs/materialize_features.py --config configs/features/demo.yaml --state-dir $(DEMO)/online
 
 demo: demo-data ## Everything in demo-data, then `serve run serve_apps/recommender.yaml` in the foreground.
 	$(BIN)/rayml serve serve_apps/recommender.yaml

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from rayml.config import ConfigError, StrictModel, load_config
 from rayml.features.online import EmbeddedOnlineStore
+from rayml.features.realtime import RealtimeConfig
 
 
 class Entity(StrictModel):
@@ -49,6 +50,7 @@ class FeatureRepo(StrictModel):
     entities: dict[str, Entity]
     views: dict[str, FeatureView]
     online_store: OnlineStoreConfig = EmbeddedStoreConfig()
+    realtime: RealtimeConfig | None = Field(None, description="Windowed counters fed by the event ingestion path.")
 
 
 def _make_embedded(config: EmbeddedStoreConfig) -> EmbeddedOnlineStore:
@@ -77,6 +79,9 @@ def load_feature_repo(path: str | Path, check_sources: bool = True) -> FeatureRe
     """
     repo = load_config(path, FeatureRepo)
     problems = []
+    for entity in repo.realtime.entities if repo.realtime else []:
+        if entity not in repo.entities:
+            problems.append(f"{path}: key 'realtime.entities': unknown entity {entity!r} (entities: {sorted(repo.entities)})")
     for name, view in repo.views.items():
         if view.entity not in repo.entities:
             problems.append(f"{path}: key 'views.{name}.entity': unknown entity {view.entity!r} "

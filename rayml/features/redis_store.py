@@ -29,7 +29,7 @@ class RedisOnlineStore:
         self.address = f"redis://{host}:{port}/{db}"
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self.errors = (redis.ConnectionError, redis.TimeoutError)  # what counts as "down"
         self.client = redis.Redis(host=host, port=port, db=db, socket_timeout=timeout_s,
                                   socket_connect_timeout=timeout_s, health_check_interval=0)
         self._columns: dict[str, list[str]] = {}
@@ -50,7 +50,7 @@ class RedisOnlineStore:
                     row = msgpack.packb([v[i] for v in values])
                     pipe.set(self._key(view, ids[i]), row, ex=self.ttl_s)
                 pipe.execute()
-        except self._errors as exc:
+        except self.errors as exc:
             raise OnlineStoreUnavailable(f"{self.address}: {exc}") from None
         self._columns[view] = columns
         return len(ids)
@@ -59,7 +59,7 @@ class RedisOnlineStore:
         if view not in self._columns:
             try:
                 raw = self.client.get(self._key(view, "__columns__"))
-            except self._errors as exc:
+            except self.errors as exc:
                 raise OnlineStoreUnavailable(f"{self.address}: {exc}") from None
             if raw is None:
                 raise KeyError(f"online store {self.address} has no view {view!r}")
@@ -78,7 +78,7 @@ class RedisOnlineStore:
         ids = np.asarray(ids)
         try:
             raw = self.client.mget([self._key(view, int(i)) for i in ids])
-        except self._errors as exc:
+        except self.errors as exc:
             raise OnlineStoreUnavailable(f"{self.address}: {exc}") from None
         found = np.array([r is not None for r in raw], dtype=bool)
         rows = [msgpack.unpackb(r) if r is not None else None for r in raw]

@@ -3,13 +3,19 @@
 # No `from __future__ import annotations`: FastAPI must see the real request-model classes.
 
 import logging
+import time
 
+import numpy as np
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
+from ray.util import metrics
 
-from rayml.serving.config import RecommenderArgs
+from rayml.features.definitions import FeatureRepo
+from rayml.features.realtime import Events
+from rayml.features.redis_store import OnlineStoreUnavailable
+from rayml.serving.config import RecommenderArgs, load_serving_repo
 from rayml.serving.recommender import RecommenderCore, UnknownUserError
 
 
@@ -20,6 +26,7 @@ class RecommendRequest(BaseModel):
 
     user_id: int = Field(ge=0, description="User to recommend for.")
     k: int | None = Field(None, ge=1, description="Number of items; default and maximum come from the app config.")
+    explain: bool = Field(False, description="Also return the raw online features behind the answer.")
 
 
 class RecommendResponse(BaseModel):
@@ -27,6 +34,30 @@ class RecommendResponse(BaseModel):
     items: list[int]
     scores: list[float]
     model_version: str
+    feature_missing: int = Field(description="Entities of this request the online store did not know (defaults used).")
+    degraded: bool = Field(description="True when the online store was down: batch candidates in retrieval order.")
+    features: dict[str, dict[str, list]] | None = None
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: int = Field(ge=0)
+    item_id: int = Field(ge=0)
+    clicked: bool
+    ts: float | None = Field(None, ge=0, description="Event time, epoch seconds; default: when it is received.")
+
+
+class EventsRequest(BaseModel):
+    """Body of ``POST /events``: impressions (clicked or not) that feed the real-time windows."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    events: list[Event] = Field(min_length=1, max_length=10_000)
+
+
+class EventsResponse(BaseModel):
+    accepted: int
 
 
 api = FastAPI(title="rayml recommender", version="0.1.0")
@@ -38,9 +69,31 @@ logger = logging.getLogger("ray.serve")
 class Recommender:
     """One replica holds the ranker, features and candidates in memory: no extra handle hops."""
 
-    def __init__(self, args: dict) -> None:
-        # Serve ships init args to replicas as plain data, so the model travels as a dict.
-        self.core = RecommenderCore(RecommenderArgs.model_validate(args))
+    def __init__(self, args: dict, repo: dict) -> None:
+        # Serve ships init args to replicas as plain data, so the models travel as dicts.
+        self.core = RecommenderCore(RecommenderArgs.model_validate(args), FeatureRepo.model_validate(repo))
+        backend = {"backend": self.core.features.backend}
+        self.store_errors = metrics.Counter(
+            "rayml_online_store_errors", "Online-store calls that failed (store down).", tag_keys=("backend",)
+        ).set_default_tags(backend)
+        self.degraded = metrics.Counter(
+            "rayml_degraded_responses", "Answers served batch-only because the online store was down.",
+            tag_keys=("backend",),
+        ).set_default_tags(backend)
+        self.feature_missing = metrics.Counter(
+            "rayml_feature_missing", "Entities the online store did not know (defaults served).", tag_keys=("backend",)
+        ).set_default_tags(backend)
+        self._errors_seen = 0
+
+    def __del__(self) -> None:
+        if hasattr(self, "core"):  # not when __init__ failed
+            self.core.close()  # flush the served-feature log on graceful shutdown
+
+    def _count_store_errors(self) -> None:
+        errors = self.core.features.errors
+        if errors > self._errors_seen:
+            self.store_errors.inc(errors - self._errors_seen)
+            self._errors_seen = errors
 
     def reconfigure(self, config: dict) -> None:
         """Live `user_config`: ``{"ranker_alias": "canary"}`` swaps the ranker without a restart.
@@ -71,19 +124,58 @@ class Recommender:
                          "msg": f"Input should be less than or equal to {self.core.args.max_k}", "input": k}],
             )
         try:
-            rec = self.core.recommend(request.user_id, k)
+            rec = self.core.recommend(request.user_id, k, explain=request.explain)
         except UnknownUserError:
-            raise HTTPException(status_code=404, detail=f"user_id {request.user_id} not found") from None
-        return RecommendResponse(user_id=rec.user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version)
+            raise HTTPException(status_code=404, detail=f"user_id {request.user_id} has no candidates") from None
+        if rec.degraded:
+            self._count_store_errors()
+            self.degraded.inc()
+            logger.error("online store %s down: answered user %d batch-only", self.core.features.backend, rec.user_id)
+        if rec.feature_missing:
+            self.feature_missing.inc(rec.feature_missing)
+        return RecommendResponse(user_id=rec.user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
+                                 feature_missing=rec.feature_missing, degraded=rec.degraded, features=rec.features)
+
+    @api.post("/events")
+    def events(self, request: EventsRequest) -> EventsResponse:
+        """Ingest impressions into the real-time windows (and the event log); 503 while the store is down."""
+        now = time.time()
+        limit = self.core.features.repo.realtime.max_future_s if self.core.features.repo.realtime else 0.0
+        late = [i for i, e in enumerate(request.events) if e.ts is not None and e.ts > now + limit]
+        if late:
+            raise HTTPException(status_code=422, detail=[
+                {"type": "future_timestamp", "loc": ["body", "events", i, "ts"],
+                 "msg": f"event time is more than {limit:g}s in the future", "input": request.events[i].ts}
+                for i in late])
+        events = Events(
+            user_id=np.array([e.user_id for e in request.events], np.int64),
+            item_id=np.array([e.item_id for e in request.events], np.int64),
+            ts=np.array([now if e.ts is None else e.ts for e in request.events], np.float64),
+            clicked=np.array([e.clicked for e in request.events], bool),
+        )
+        try:
+            self.core.ingest(events)
+        except LookupError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        except OnlineStoreUnavailable as exc:
+            self._count_store_errors()
+            raise HTTPException(status_code=503, detail=f"online store unavailable: {exc}",
+                                headers={"Retry-After": "1"}) from None
+        return EventsResponse(accepted=len(events))
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        body = {"status": "ok", "model_version": self.core.model_version, "artifact": self.core.ranker.artifact}
+        body = {"status": "ok", "model_version": self.core.model_version, "artifact": self.core.ranker.artifact,
+                "online_store": self.core.features.backend}
         if self.core.reload_error:
             body["reload_error"] = self.core.reload_error
         return body
 
 
 def build_recommender(args: RecommenderArgs) -> Application:
-    """The application ``serve run`` deploys; options in the YAML ``deployments:`` override the defaults."""
-    return Recommender.bind(args.model_dump())  # type: ignore[attr-defined]  # added by @serve.deployment
+    """The application ``serve run`` deploys; options in the YAML ``deployments:`` override the defaults.
+
+    The feature repo is read here, on the driver, and travels to replicas as data (no shared file needed).
+    """
+    repo = load_serving_repo(args)
+    return Recommender.bind(args.model_dump(), repo.model_dump())  # type: ignore[attr-defined]  # from @serve.deployment

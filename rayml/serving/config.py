@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rayml.config import StrictModel
+from rayml.config import ConfigError, StrictModel
+from rayml.features.definitions import FeatureRepo, load_feature_repo
+from rayml.features.feature_log import FeatureLogConfig
 
 
 class RecommenderArgs(StrictModel):
@@ -20,18 +22,41 @@ class RecommenderArgs(StrictModel):
         "auto", description="auto = the version's int8 artifact when it has one, else fp32."
     )
     candidates: str = Field(description="Output directory of the candidate job.")
-    users: str = Field(description="User-feature Parquet (latest valid_from=… snapshot is used).")
-    items: str = Field(description="Item-feature Parquet.")
+    features: str = Field(description="Feature repo YAML; its `online_store.type` picks embedded or redis.")
+    feature_state: str = Field(description="Materialization state dir (the embedded store's snapshots).")
+    user_view: str = Field("user_profile", description="Feature view of the ranker's user features.")
+    item_view: str = Field("item_catalog", description="Feature view of the ranker's item features.")
+    event_log: str | None = Field(None, description="Where POST /events appends ingested events; null: not kept.")
+    feature_log: FeatureLogConfig | None = Field(None, description="Sampled log of served features (skew check).")
     default_k: int = Field(10, ge=1, le=10_000, description="k when a request omits it.")
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
 
-    @field_validator("registry", "candidates", "users", "items")
+    @field_validator("registry", "candidates", "features", "feature_state", "event_log")
     @classmethod
-    def _absolute(cls, value: str) -> str:
-        return str(Path(value).expanduser().resolve())
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else str(Path(value).expanduser().resolve())
+
+    @field_validator("feature_log")
+    @classmethod
+    def _absolute_log(cls, value: FeatureLogConfig | None) -> FeatureLogConfig | None:
+        return None if value is None else value.model_copy(update={"path": str(Path(value.path).expanduser().resolve())})
 
     @model_validator(mode="after")
     def _k_order(self) -> RecommenderArgs:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k={self.default_k} must be <= max_k={self.max_k}")
         return self
+
+
+def load_serving_repo(args: RecommenderArgs) -> FeatureRepo:
+    """The feature repo named by ``args.features``, checked against the views the ranker reads.
+
+    Raises:
+        ConfigError: naming the file and key.
+    """
+    repo = load_feature_repo(args.features, check_sources=False)
+    for field in ("user_view", "item_view"):
+        view = getattr(args, field)
+        if view not in repo.views:
+            raise ConfigError(f"{args.features}: no view {view!r} (args.{field}); views: {sorted(repo.views)}")
+    return repo

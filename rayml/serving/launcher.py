@@ -19,10 +19,10 @@ import yaml
 from pydantic import ValidationError
 
 from rayml.config import ConfigError, format_validation_error
-from rayml.serving.config import RecommenderArgs
+from rayml.serving.config import RecommenderArgs, load_serving_repo
 
 RECOMMENDER_IMPORT_PATH = "serve_apps.recommender:app_builder"
-PATH_ARGS = ("registry", "candidates", "users", "items")
+PATH_ARGS = ("registry", "candidates", "features", "feature_state")
 STOP_TIMEOUT_S = 60
 
 
@@ -59,6 +59,11 @@ def check_serve_config(config_path: str | Path) -> tuple[str, int]:
                     f"{path}: key 'applications.{i}.args.{key}': {app.args[key]} does not exist "
                     "(build the demo data with `make demo-data`)"
                 )
+        if Path(args.features).is_file():
+            try:
+                load_serving_repo(args)
+            except ConfigError as exc:
+                problems.append(str(exc))
     if problems:
         raise ConfigError("\n".join(problems))
     host = schema.http_options.host

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,14 +14,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rayml.features import FeatureEncoder, resolve_snapshot
+from rayml.features import FeatureEncoder
+from rayml.features.definitions import FeatureRepo
+from rayml.features.event_log import append_events
+from rayml.features.feature_log import FeatureLogger
+from rayml.features.online import Lookup
+from rayml.features.realtime import Events
+from rayml.features.redis_store import OnlineStoreUnavailable
+from rayml.features.service import OnlineFeatures
 from rayml.models.export import ort_session
 from rayml.registry import ModelRegistry, RegistryError
 from rayml.serving.config import RecommenderArgs
 
 
 class UnknownUserError(KeyError):
-    """The user has no features or no candidates."""
+    """The user has no batch candidates."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,9 @@ class Recommendation:
     items: list[int]
     scores: list[float]
     model_version: str
+    feature_missing: int = 0
+    degraded: bool = False
+    features: dict[str, dict[str, list]] | None = None
 
 
 def _sorted_ids(table: pa.Table, column: str) -> tuple[pa.Table, np.ndarray]:
@@ -38,40 +49,42 @@ def _sorted_ids(table: pa.Table, column: str) -> tuple[pa.Table, np.ndarray]:
 
 @dataclass(frozen=True)
 class LoadedRanker:
-    """One ranker version, ready to score: its ONNX session and the features encoded its way."""
+    """One ranker version, ready to score: its ONNX session and the encoders of its inputs."""
 
     model_version: str
     artifact: str
     session: ort.InferenceSession
-    user_x: np.ndarray  # [U, Fu]
-    item_x: np.ndarray  # [I, Fi]
+    user_encoder: FeatureEncoder
+    item_encoder: FeatureEncoder
 
 
 class RecommenderCore:
-    """Loads the ranker, features and candidates once; answers requests from memory.
+    """Batch candidates in memory; features from the online store per request; ONNX ranking.
 
     :meth:`swap_ranker` replaces the ranker atomically; when the new version fails to load
-    (missing, corrupt, failed parity) the current one keeps serving.
+    (missing, corrupt, failed parity) the current one keeps serving. When the online store is down the
+    answer is the batch candidates' retrieval order, flagged ``degraded``.
     """
 
-    def __init__(self, args: RecommenderArgs) -> None:
+    def __init__(self, args: RecommenderArgs, repo: FeatureRepo) -> None:
         self.args = args
         self.registry = ModelRegistry(args.registry)
-        self.users, self.user_ids = _sorted_ids(pq.read_table(resolve_snapshot(args.users)), "user_id")
-        self.items, self.item_ids = _sorted_ids(pq.read_table(resolve_snapshot(args.items)), "item_id")
+        self.features = OnlineFeatures(repo, args.feature_state, views=[args.user_view, args.item_view])
+        self.user_key = self.features.key_of_view(args.user_view)
+        self.item_key = self.features.key_of_view(args.item_view)
+        self.view_features = {v: repo.views[v].features for v in (args.user_view, args.item_view)}
         self.ranker = self._load_ranker(args.ranker_alias)
         self.reload_error: str | None = None
-        cands, self.cand_user_ids = _sorted_ids(pq.read_table(args.candidates, columns=["user_id", "items"]), "user_id")
+        cands, self.cand_user_ids = _sorted_ids(
+            pq.read_table(args.candidates, columns=["user_id", "items", "scores"]), "user_id"
+        )
         items_type = cands.schema.field("items").type
         if not pa.types.is_fixed_size_list(items_type):
             raise ValueError(f"candidates {args.candidates}: column 'items' is {items_type}, expected a fixed-size list")
-        cand_items = cands["items"].combine_chunks().flatten().to_numpy().reshape(-1, items_type.list_size)  # [Uc, K]
-        rows = np.minimum(np.searchsorted(self.item_ids, cand_items), len(self.item_ids) - 1)
-        if not np.array_equal(self.item_ids[rows], cand_items):
-            raise ValueError(
-                f"candidates {args.candidates} name items missing from items {args.items}: were they built from another world?"
-            )
-        self.cand_rows = rows  # [Uc, K] rows of item_x
+        k = items_type.list_size
+        self.cand_items = cands["items"].combine_chunks().flatten().to_numpy().reshape(-1, k)  # [Uc, K] item ids
+        self.cand_scores = cands["scores"].combine_chunks().flatten().to_numpy().reshape(-1, k)  # [Uc, K]
+        self.logger = FeatureLogger(args.feature_log) if args.feature_log else None
 
     @property
     def model_version(self) -> str:
@@ -87,12 +100,16 @@ class RecommenderCore:
         artifact = "model.int8.onnx" if self.args.precision != "fp32" and has_int8 else "model.onnx"
         user_encoder = FeatureEncoder.load(version.file("user_encoder.json"))
         item_encoder = FeatureEncoder.load(version.file("item_encoder.json"))
+        for view, encoder in ((self.args.user_view, user_encoder), (self.args.item_view, item_encoder)):
+            absent = sorted(set(encoder.columns) - set(self.view_features[view]))
+            if absent:
+                raise RegistryError(f"{version.label} needs features {absent} that view {view!r} does not serve")
         return LoadedRanker(
             model_version=version.label,
             artifact=artifact,
             session=ort_session(version.file(artifact), threads=1),
-            user_x=user_encoder.transform(self.users),
-            item_x=item_encoder.transform(self.items),
+            user_encoder=user_encoder,
+            item_encoder=item_encoder,
         )
 
     def swap_ranker(self, ref: str) -> str:
@@ -106,28 +123,75 @@ class RecommenderCore:
         self.reload_error = None
         return loaded.model_version
 
-    @staticmethod
-    def _find(ids: np.ndarray, user_id: int) -> int | None:
-        pos = int(np.searchsorted(ids, user_id))
-        return pos if pos < len(ids) and ids[pos] == user_id else None
-
-    def recommend(self, user_id: int, k: int) -> Recommendation:
-        """Rank the user's batch candidates with the ONNX ranker and return the top ``k``."""
-        cand_pos = self._find(self.cand_user_ids, user_id)
-        user_pos = self._find(self.user_ids, user_id)
-        if cand_pos is None or user_pos is None:
+    def _candidates(self, user_id: int) -> int:
+        pos = int(np.searchsorted(self.cand_user_ids, user_id))
+        if pos >= len(self.cand_user_ids) or self.cand_user_ids[pos] != user_id:
             raise UnknownUserError(user_id)
+        return pos
+
+    def lookup(self, user_id: int, item_ids: np.ndarray) -> dict[str, Lookup]:
+        """Every online feature of one request: the user's and the items' batch views and real-time windows.
+
+        Raises:
+            OnlineStoreUnavailable: the store is down.
+        """
+        lookups = {
+            self.args.user_view: self.features.get(self.args.user_view, np.array([user_id])),
+            self.args.item_view: self.features.get(self.args.item_view, item_ids),
+        }
+        realtime = self.features.repo.realtime
+        for entity in realtime.entities if realtime else []:
+            key = self.features.repo.entities[entity].key
+            ids = np.array([user_id]) if key == self.user_key else item_ids
+            lookups[f"rt.{entity}"] = self.features.realtime(entity, ids)
+        return lookups
+
+    def recommend(self, user_id: int, k: int, explain: bool = False) -> Recommendation:
+        """Rank the user's batch candidates on their online features and return the top ``k``."""
+        pos = self._candidates(user_id)
+        item_ids = self.cand_items[pos]  # [C]
         ranker = self.ranker  # read once: a concurrent swap cannot mix two versions in one answer
-        rows = self.cand_rows[cand_pos]  # [C]
-        n_user = ranker.user_x.shape[1]
-        features = np.empty((len(rows), n_user + ranker.item_x.shape[1]), np.float32)
-        features[:, :n_user] = ranker.user_x[user_pos]
-        features[:, n_user:] = ranker.item_x[rows]
+        try:
+            lookups = self.lookup(user_id, item_ids)
+        except OnlineStoreUnavailable:
+            top = np.arange(min(k, len(item_ids)))  # batch-only: the retriever's precomputed order
+            return Recommendation(user_id, item_ids[top].tolist(), self.cand_scores[pos, top].astype(float).tolist(),
+                                  ranker.model_version, degraded=True)
+        user, items = lookups[self.args.user_view], lookups[self.args.item_view]
+        n_user = ranker.user_encoder.width
+        features = np.empty((len(item_ids), n_user + ranker.item_encoder.width), np.float32)
+        features[:, :n_user] = ranker.user_encoder.transform(user.to_arrow(self.user_key, np.array([user_id])))
+        features[:, n_user:] = ranker.item_encoder.transform(items.to_arrow(self.item_key, item_ids))
         scores = ranker.session.run(["score"], {"features": features})[0]  # [C]
         top = np.argsort(-scores, kind="stable")[:k]
+        if self.logger is not None and self.logger.sampled():
+            self.logger.log(time.time(), {self.user_key: np.full(len(item_ids), user_id), self.item_key: item_ids},
+                            lookups)
         return Recommendation(
             user_id=user_id,
-            items=self.item_ids[rows[top]].tolist(),
+            items=item_ids[top].tolist(),
             scores=scores[top].astype(float).tolist(),
             model_version=ranker.model_version,
+            feature_missing=user.missing + items.missing,
+            features=_explain(lookups, top) if explain else None,
         )
+
+    def ingest(self, events: Events) -> None:
+        """Update the real-time windows, then append the events to the event log (when configured)."""
+        self.features.ingest(events)
+        if self.args.event_log:
+            append_events(self.args.event_log, events)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.flush()
+
+
+def _explain(lookups: dict[str, Lookup], top: np.ndarray) -> dict[str, dict[str, list]]:
+    """The raw feature values behind an answer: the user's row, and the returned items' rows in answer order."""
+    out = {}
+    for name, lookup in lookups.items():
+        rows = slice(0, 1) if len(lookup.found) == 1 else top
+        out[name] = {f: [None if isinstance(v, float) and v != v else v for v in values[rows].tolist()]
+                     for f, values in lookup.columns.items()}
+    return out

@@ -23,8 +23,9 @@ def test_recommend_answers_with_ranked_candidates(serve_url, candidates):
     response = post(serve_url, {"user_id": 7, "k": 5})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"user_id", "items", "scores", "model_version"}
+    assert set(body) == {"user_id", "items", "scores", "model_version", "feature_missing", "degraded", "features"}
     assert body["user_id"] == 7 and body["model_version"] == "ranker:v1"
+    assert body["feature_missing"] == 0 and body["degraded"] is False and body["features"] is None
     assert len(body["items"]) == len(set(body["items"])) == 5
     assert body["scores"] == sorted(body["scores"], reverse=True)
     import pyarrow.parquet as pq
@@ -37,7 +38,8 @@ def test_recommend_answers_with_ranked_candidates(serve_url, candidates):
 def test_healthz(serve_url):
     response = requests.get(f"{serve_url}/healthz", timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model_version": "ranker:v1", "artifact": "model.onnx"}
+    assert response.json() == {"status": "ok", "model_version": "ranker:v1", "artifact": "model.onnx",
+                               "online_store": "embedded"}
 
 
 def test_served_quality_beats_random(serve_url, tiny_world):
@@ -86,4 +88,4 @@ def test_malformed_json_is_4xx_not_5xx(serve_url, raw):
 def test_unknown_user_is_404_with_json_error(serve_url, tiny_world):
     response = post(serve_url, {"user_id": tiny_world.n_users + 10})
     assert response.status_code == 404
-    assert response.json() == {"detail": f"user_id {tiny_world.n_users + 10} not found"}
+    assert response.json() == {"detail": f"user_id {tiny_world.n_users + 10} has no candidates"}

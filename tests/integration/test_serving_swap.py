@@ -34,6 +34,7 @@ def test_corrupt_version_is_refused_and_serving_continues(serve_url, trained, re
     from ray import serve
 
     from rayml.serving.app import Recommender
+    from rayml.serving.config import load_serving_repo
 
     registry, _ = trained
     good = copy_version(registry, "1", "good copy")
@@ -43,7 +44,9 @@ def test_corrupt_version_is_refused_and_serving_continues(serve_url, trained, re
 
     base = serve_url + "/swap"
     def deploy(alias: str) -> None:
-        app = Recommender.options(user_config={"ranker_alias": alias}).bind(recommender_args.model_dump())
+        app = Recommender.options(user_config={"ranker_alias": alias}).bind(
+            recommender_args.model_dump(), load_serving_repo(recommender_args).model_dump()
+        )
         serve.run(app, name="swap", route_prefix="/swap")
 
     deploy("1")

@@ -1,0 +1,82 @@
+"""Real-time windows: the embedded store and the offline recomputation agree exactly; bucket edges; config errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rayml.config import ConfigError
+from rayml.features.definitions import load_feature_repo
+from rayml.features.event_log import append_events, read_events
+from rayml.features.realtime import EmbeddedWindowStore, Events, RealtimeConfig, offline_window_features
+
+pytestmark = pytest.mark.unit
+
+CONFIG = RealtimeConfig(bucket_s=60, windows={"5m": 300, "1h": 3600})
+NOW = 1_800_000_000.0  # a bucket boundary (divisible by 60)
+
+
+def events(user, item, ts, clicked) -> Events:
+    return Events(np.asarray(user, np.int64), np.asarray(item, np.int64), np.asarray(ts, np.float64),
+                  np.asarray(clicked, bool))
+
+
+def test_counts_per_window_and_bucket_edges():
+    store = EmbeddedWindowStore(CONFIG)
+    ev = events([1, 1, 1, 1, 2], [9, 9, 8, 9, 9],
+                [NOW + 30, NOW - 200, NOW - 301, NOW - 3540, NOW - 3601], [1, 0, 1, 1, 1])
+    store.ingest("user", ev.user_id, ev)
+    got = store.lookup("user", np.array([1, 2, 3]), now=NOW + 59)
+    # 5m = buckets [now-4, now]: NOW+30 and NOW-200 count; NOW-301 is in bucket now-6 → out.
+    assert got.columns["impressions_5m"].tolist() == [2, 0, 0]
+    assert got.columns["clicks_5m"].tolist() == [1, 0, 0]
+    assert got.columns["impressions_1h"].tolist() == [4, 0, 0]  # NOW-3540 is bucket now-59 (in); NOW-3601 is bucket now-61 (out)
+    assert got.columns["clicks_1h"].tolist() == [3, 0, 0]
+    assert got.missing == 0  # no recent events is a count of 0, not a missing value
+    later = store.lookup("user", np.array([1]), now=NOW + 3599)
+    assert later.columns["impressions_1h"].tolist() == [1]  # only NOW+30 is still inside the hour
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(-5000, 100), st.booleans()),
+                min_size=1, max_size=60),
+       st.integers(0, 200))
+def test_online_equals_offline_recomputation(rows, at_offset):
+    user, item, offset, clicked = map(list, zip(*rows, strict=True))
+    ev = events(user, item, [NOW + o for o in offset], clicked)
+    store = EmbeddedWindowStore(CONFIG)
+    for lo in range(0, len(ev), 7):  # several ingestion calls
+        part = slice(lo, lo + 7)
+        store.ingest("item", ev.item_id[part], events(ev.user_id[part], ev.item_id[part], ev.ts[part], ev.clicked[part]))
+    ids = np.arange(7)
+    online = store.lookup("item", ids, now=NOW + at_offset)
+    offline = offline_window_features(CONFIG, ev.item_id, ev.ts, ev.clicked, ids, np.full(len(ids), NOW + at_offset))
+    for name in CONFIG.feature_names:
+        np.testing.assert_array_equal(online.columns[name], offline[name], err_msg=name)
+
+
+def test_window_must_be_whole_buckets():
+    with pytest.raises(ValueError, match="windows.odd=90 must be a positive multiple of bucket_s=60"):
+        RealtimeConfig(bucket_s=60, windows={"odd": 90})
+
+
+def test_unknown_realtime_entity_names_file_and_key(tmp_path):
+    path = tmp_path / "features.yaml"
+    path.write_text("entities: {user: {key: user_id}}\n"
+                    "views: {p: {entity: user, source: x, features: [a]}}\n"
+                    "realtime: {entities: [user, shop]}\n")
+    with pytest.raises(ConfigError, match=r"features.yaml: key 'realtime.entities': unknown entity 'shop'"):
+        load_feature_repo(path, check_sources=False)
+
+
+def test_event_log_round_trip(tmp_path):
+    ev = events([1, 2, 3], [4, 5, 6], [NOW, NOW + 86_400.5, NOW + 1.25], [True, False, True])
+    files = append_events(tmp_path / "log", ev)
+    assert len(files) == 2  # two days, two partitions
+    back = read_events(tmp_path / "log")
+    order = np.argsort(back.ts)
+    np.testing.assert_array_equal(back.user_id[order], [1, 3, 2])
+    np.testing.assert_allclose(back.ts[order], [NOW, NOW + 1.25, NOW + 86_400.5])
+    np.testing.assert_array_equal(back.clicked[order], [True, True, False])

@@ -106,7 +106,7 @@ def materialize_view(repo: FeatureRepo, view_name: str, state_dir: str | Path, b
     for value, path in _partitions(Path(view.source), view.timestamp):
         if watermark is not None and (value == STATIC or value <= watermark):
             continue
-        ds = ray.data.read_parquet(str(path), ray_remote_args={"num_cpus": num_cpus}).select_columns(
+        ds = ray.data.read_parquet(str(path), num_cpus=num_cpus).select_columns(
             [key, *view.features]
         )
         if isinstance(repo.online_store, RedisStoreConfig):

@@ -166,7 +166,7 @@ class Recommender:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         body = {"status": "ok", "model_version": self.core.model_version, "artifact": self.core.ranker.artifact,
-                "online_store": self.core.features.backend}
+                "online_store": self.core.features.backend, "online_store_errors": self.core.features.errors}
         if self.core.reload_error:
             body["reload_error"] = self.core.reload_error
         return body

@@ -39,7 +39,7 @@ def test_healthz(serve_url):
     response = requests.get(f"{serve_url}/healthz", timeout=10)
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "model_version": "ranker:v1", "artifact": "model.onnx",
-                               "online_store": "embedded"}
+                               "online_store": "embedded", "online_store_errors": 0}
 
 
 def test_served_quality_beats_random(serve_url, tiny_world):

@@ -17,9 +17,11 @@ app = typer.Typer(help="rayml: run ML models in production on Ray.", no_args_is_
 world_app = typer.Typer(help="Synthetic worlds.", no_args_is_help=True)
 models_app = typer.Typer(help="Train and publish models.", no_args_is_help=True)
 registry_app = typer.Typer(help="Model registry.", no_args_is_help=True)
+features_app = typer.Typer(help="Feature store checks.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(models_app, name="models")
 app.add_typer(registry_app, name="registry")
+app.add_typer(features_app, name="features")
 console = Console(soft_wrap=True)
 
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="Registry root directory.")]
@@ -200,6 +202,49 @@ def registry_rollback(
     except RegistryError as exc:
         raise _fail(str(exc)) from None
     console.print(f"{model}: {alias} → v{number} (rolled back)")
+
+
+@features_app.command("skew")
+def features_skew(
+    repo: Annotated[Path, typer.Option(help="Feature repo YAML the app served with.")],
+    log: Annotated[Path, typer.Option(help="Served-feature log directory (args.feature_log.path).")],
+    events: Annotated[Path | None, typer.Option(help="Event log for the real-time windows (args.event_log).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the report as JSON here.")] = None,
+    prometheus: Annotated[Path | None, typer.Option(help="Also write the rates in Prometheus text format.")] = None,
+    fail_above: Annotated[float | None, typer.Option(help="Exit 1 when any feature's mismatch rate is above.")] = None,
+) -> None:
+    """Train/serve skew: recompute logged served features offline and report per-feature mismatch rates."""
+    from rayml.features.definitions import load_feature_repo
+    from rayml.features.skew import skew_report, write_prometheus
+
+    try:
+        feature_repo = load_feature_repo(repo)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    for name, path in (("--log", log), ("--events", events)):
+        if path is not None and not path.exists():
+            raise _fail(f"{name} {path} does not exist")
+    try:
+        report = skew_report(feature_repo, log, events)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"train/serve skew: {report.rows:,} served rows, {report.requests:,} requests")
+    for column in ("feature", "rows", "mismatches", "rate", "example (served → offline)"):
+        table.add_column(column, justify="left" if column.startswith(("feature", "example")) else "right")
+    for skew in sorted(report.features, key=lambda f: -f.rate):
+        example = f"{skew.served_example!r} → {skew.offline_example!r}" if skew.mismatches else ""
+        color = "red" if skew.rate > (fail_above or 0) else "green"
+        table.add_row(skew.feature, f"{skew.rows:,}", f"{skew.mismatches:,}", f"[{color}]{skew.rate:.4f}[/{color}]", example)
+    console.print(table)
+    for note in report.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {note}")
+    if out is not None:
+        out.write_text(json.dumps(report.to_dict(), indent=1, default=str))
+    if prometheus is not None:
+        write_prometheus(report, prometheus)
+    if fail_above is not None and report.max_rate > fail_above:
+        console.print(f"[red]skew above {fail_above}:[/red] max mismatch rate {report.max_rate:.4f}")
+        raise typer.Exit(1)
 
 
 @app.command("serve")

@@ -129,7 +129,7 @@ class RecommenderCore:
             raise UnknownUserError(user_id)
         return pos
 
-    def lookup(self, user_id: int, item_ids: np.ndarray) -> dict[str, Lookup]:
+    def lookup(self, user_id: int, item_ids: np.ndarray, now: float) -> dict[str, Lookup]:
         """Every online feature of one request: the user's and the items' batch views and real-time windows.
 
         Raises:
@@ -143,7 +143,7 @@ class RecommenderCore:
         for entity in realtime.entities if realtime else []:
             key = self.features.repo.entities[entity].key
             ids = np.array([user_id]) if key == self.user_key else item_ids
-            lookups[f"rt.{entity}"] = self.features.realtime(entity, ids)
+            lookups[f"rt.{entity}"] = self.features.realtime(entity, ids, now)
         return lookups
 
     def recommend(self, user_id: int, k: int, explain: bool = False) -> Recommendation:
@@ -151,8 +151,9 @@ class RecommenderCore:
         pos = self._candidates(user_id)
         item_ids = self.cand_items[pos]  # [C]
         ranker = self.ranker  # read once: a concurrent swap cannot mix two versions in one answer
+        now = round(time.time(), 6)  # one clock reading: windows and the feature log agree (µs, as logged)
         try:
-            lookups = self.lookup(user_id, item_ids)
+            lookups = self.lookup(user_id, item_ids, now)
         except OnlineStoreUnavailable:
             top = np.arange(min(k, len(item_ids)))  # batch-only: the retriever's precomputed order
             return Recommendation(user_id, item_ids[top].tolist(), self.cand_scores[pos, top].astype(float).tolist(),
@@ -165,7 +166,7 @@ class RecommenderCore:
         scores = ranker.session.run(["score"], {"features": features})[0]  # [C]
         top = np.argsort(-scores, kind="stable")[:k]
         if self.logger is not None and self.logger.sampled():
-            self.logger.log(time.time(), {self.user_key: np.full(len(item_ids), user_id), self.item_key: item_ids},
+            self.logger.log(now, {self.user_key: np.full(len(item_ids), user_id), self.item_key: item_ids},
                             lookups)
         return Recommendation(
             user_id=user_id,

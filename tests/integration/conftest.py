@@ -27,6 +27,7 @@ def write_feature_repo(path, world_path, online_store: dict | None = None):
     config = yaml.safe_load((REPO / "configs" / "features" / "demo.yaml").read_text())
     config["views"]["user_profile"]["source"] = str(world_path / "users")
     config["views"]["item_catalog"]["source"] = str(world_path / "items.parquet")
+    config["views"]["user_profile"]["ttl_days"] = 36_500  # the test world's dates are fixed; today's are not
     if online_store is not None:
         config["online_store"] = online_store
     path.write_text(yaml.safe_dump(config))

@@ -6,7 +6,6 @@ ingestion call returns, so an acknowledged event is never lost and the skew chec
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import uuid
 from pathlib import Path

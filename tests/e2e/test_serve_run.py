@@ -31,6 +31,7 @@ def demo_layout(trained, tiny_world, tmp_path_factory) -> Path:
     demo = cwd / ".rayml" / "demo"
     demo.mkdir(parents=True)
     (cwd / "serve_apps").symlink_to(REPO / "serve_apps")
+    (cwd / "configs").symlink_to(REPO / "configs")
     (demo / "world").symlink_to(tiny_world.path)
     (demo / "registry").symlink_to(registry.root)
     subprocess.run(
@@ -39,6 +40,11 @@ def demo_layout(trained, tiny_world, tmp_path_factory) -> Path:
         cwd=cwd, env=cli_env(), check=True, capture_output=True, timeout=300,
     )
     assert (demo / "candidates" / "_manifest.json").is_file()
+    subprocess.run(
+        [str(BIN / "python"), str(REPO / "batch_jobs" / "materialize_features.py"), "--config",
+         "configs/features/demo.yaml", "--state-dir", ".rayml/demo/online"],
+        cwd=cwd, env=cli_env(), check=True, capture_output=True, timeout=300,
+    )
     return cwd
 
 

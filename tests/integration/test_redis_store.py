@@ -61,3 +61,33 @@ def test_outage_raises_a_named_error_and_recovers(redis_server):
         redis_server.start()
     store.write("users", users_table(10), key="user_id")  # the restarted server is empty (no persistence)
     assert store.lookup("users", np.arange(3)).missing == 0
+
+
+def test_realtime_windows_on_redis_equal_offline_recomputation_in_one_round_trip(redis_server):
+    from rayml.features.realtime import (
+        Events,
+        RealtimeConfig,
+        RedisWindowStore,
+        offline_window_features,
+    )
+
+    config = RealtimeConfig(bucket_s=60, windows={"5m": 300, "1h": 3600})
+    store = RedisWindowStore(config, RedisOnlineStore(port=redis_server.port, prefix="t4"))
+    rng = np.random.default_rng(1)
+    now = 1_800_000_000.0
+    n = 3000
+    events = Events(rng.integers(0, 40, n), rng.integers(0, 200, n), now - rng.uniform(-30, 5000, n),
+                    rng.random(n) < 0.3)
+    for lo in range(0, n, 500):  # several ingestion calls, out of time order
+        part = slice(lo, lo + 500)
+        store.ingest("user", events.user_id[part],
+                     Events(events.user_id[part], events.item_id[part], events.ts[part], events.clicked[part]))
+    ids = np.arange(45)
+    calls = int(store.client.info("stats")["total_commands_processed"])
+    online = store.lookup("user", ids, now=now)
+    assert int(store.client.info("stats")["total_commands_processed"]) - calls == len(ids) + 1  # 45 HGETALL + INFO
+    offline = offline_window_features(config, events.user_id, events.ts, events.clicked, ids, np.full(len(ids), now))
+    for name in config.feature_names:
+        np.testing.assert_array_equal(online.columns[name], offline[name], err_msg=name)
+    assert online.columns["impressions_1h"][40:].tolist() == [0] * 5
+    assert store.client.ttl("t4:rt:user:3") <= config.windows["1h"] + config.bucket_s

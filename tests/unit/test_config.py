@@ -115,7 +115,7 @@ def test_settings_errors_name_the_variable():
 
 def test_recommender_args_reject_bad_k_order():
     with pytest.raises(ValueError, match="default_k=50 must be <= max_k=10"):
-        RecommenderArgs(registry="r", candidates="c", users="u", items="i", default_k=50, max_k=10)
+        RecommenderArgs(registry="r", candidates="c", features="f", feature_state="s", default_k=50, max_k=10)
 
 
 def test_ray_validates_serve_args_through_the_builder_annotation():

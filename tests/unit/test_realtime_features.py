@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 from rayml.config import ConfigError
 from rayml.features.definitions import load_feature_repo
 from rayml.features.event_log import append_events, read_events
-from rayml.features.realtime import EmbeddedWindowStore, Events, RealtimeConfig, offline_window_features
+from rayml.features.realtime import (
+    EmbeddedWindowStore,
+    Events,
+    RealtimeConfig,
+    offline_window_features,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -58,7 +63,7 @@ def test_online_equals_offline_recomputation(rows, at_offset):
 
 
 def test_window_must_be_whole_buckets():
-    with pytest.raises(ValueError, match="windows.odd=90 must be a positive multiple of bucket_s=60"):
+    with pytest.raises(ValueError, match=r"windows.odd=90 must be a positive multiple of bucket_s=60"):
         RealtimeConfig(bucket_s=60, windows={"odd": 90})
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from rayml.features.offline import get_historical_features
 from rayml.features.online import EmbeddedOnlineStore
+from rayml.features.realtime import EmbeddedWindowStore, Events, RealtimeConfig, RedisWindowStore
 
 
 def history_and_events(entities: int, events: int, features: int, seed: int = 0):
@@ -51,13 +52,18 @@ def median_seconds(fn, repeats: int) -> tuple[float, object]:
 
 
 def lookup_percentiles(store, lookups: list[np.ndarray], warmup: int = 200) -> tuple[float, float]:
-    """p50 and p99 in ms of ``store.lookup`` over ``lookups`` after ``warmup`` untimed ones."""
+    """p50 and p99 in ms of ``store.lookup("users", ids)`` over ``lookups`` after ``warmup`` untimed ones."""
+    return call_percentiles(lambda ids: store.lookup("users", ids), lookups, warmup)
+
+
+def call_percentiles(call, lookups: list[np.ndarray], warmup: int = 200) -> tuple[float, float]:
+    """p50 and p99 in ms of ``call(ids)`` over ``lookups`` after ``warmup`` untimed ones."""
     for ids in lookups[:warmup]:
-        store.lookup("users", ids)
+        call(ids)
     latencies = []
     for ids in lookups:
         start = time.perf_counter()
-        store.lookup("users", ids)
+        call(ids)
         latencies.append((time.perf_counter() - start) * 1e3)
     p50, p99 = np.percentile(latencies, [50, 99])
     return float(p50), float(p99)
@@ -88,8 +94,31 @@ def main() -> None:
     p50, p99 = lookup_percentiles(store, lookups)
     print(json.dumps({"benchmark": "embedded_lookup", "entities_per_lookup": 200, "features": 64,
                       "lookups": len(lookups), "p50_ms": round(p50, 4), "p99_ms": round(p99, 4), "target_p99_ms": 1.0}))
+    window_lookup(EmbeddedWindowStore(RealtimeConfig()), "embedded", lookups[:1000])
     if args.redis_port:
         redis_lookup(args.redis_port, table, lookups)
+        from rayml.features.redis_store import RedisOnlineStore
+
+        window_lookup(RedisWindowStore(RealtimeConfig(), RedisOnlineStore(port=args.redis_port, prefix="benchrt")),
+                      "redis", lookups[:1000])
+
+
+def window_lookup(store, backend: str, lookups: list[np.ndarray], events: int = 200_000) -> None:
+    """Real-time windows (5m, 1h over 60 s buckets) of 200 items after an hour of events on 100k items."""
+    rng = np.random.default_rng(2)
+    now = time.time()
+    ingested = Events(rng.integers(0, 100_000, events), rng.integers(0, 100_000, events),
+                      now - rng.uniform(0, 3600, events), rng.random(events) < 0.2)
+    start = time.perf_counter()
+    for lo in range(0, events, 10_000):
+        part = slice(lo, lo + 10_000)
+        store.ingest("item", ingested.item_id[part], Events(ingested.user_id[part], ingested.item_id[part],
+                                                            ingested.ts[part], ingested.clicked[part]))
+    ingest_s = time.perf_counter() - start
+    p50, p99 = call_percentiles(lambda ids: store.lookup("item", ids, now), lookups)
+    print(json.dumps({"benchmark": "realtime_window_lookup", "backend": backend, "entities_per_lookup": 200,
+                      "windows": 2, "events_ingested": events, "ingest_events_per_s": round(events / ingest_s),
+                      "p50_ms": round(p50, 4), "p99_ms": round(p99, 4)}))
 
 
 def redis_lookup(port: int, table: pa.Table, lookups: list[np.ndarray]) -> None:

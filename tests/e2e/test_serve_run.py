@@ -66,7 +66,7 @@ def wait_for_recommendation(port: int, process: subprocess.Popen, timeout_s: flo
             response = requests.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": 3, "k": 4}, timeout=5)
             if response.status_code == 200:
                 return response.json()
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # proxy up, replica still starting
             pass
         time.sleep(1)
     raise AssertionError("the app never answered")

@@ -107,6 +107,45 @@ def models_train(
         )
 
 
+@models_app.command("train-scorer")
+def models_train_scorer(
+    world: Annotated[Path, typer.Option(help="World directory to train on.")],
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+    alias: Annotated[str, typer.Option(help="Alias to point at the new version.")] = "production",
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the impressions.")] = 2,
+    force: Annotated[bool, typer.Option(help="Train even if `alias` already holds a scorer of this world.")] = False,
+) -> None:
+    """Train the user-propensity entity scorer (P(click | user)) that the batch scoring job runs."""
+    from rayml.models.config import TrainLoop
+    from rayml.models.entity_scorer import PROPENSITY, publish_entity_scorer, train_user_propensity
+    from rayml.models.publish import world_lineage
+    from rayml.world import World, WorldNotFoundError
+
+    try:
+        w = World(world)
+    except WorldNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    reg = ModelRegistry(registry)
+    lineage = world_lineage(w)
+    if not force:
+        try:
+            current = reg.metadata(PROPENSITY, alias)
+            if current.get("lineage", {}).get("world_digest") == lineage["world_digest"]:
+                console.print(f"{alias}: {PROPENSITY} v{current['version']} already trained on this world; reusing it")
+                return
+        except RegistryError:
+            pass
+    loop = TrainLoop(epochs=epochs, batch_size=4096)
+    model, encoder, report, sample = train_user_propensity(w, loop)
+    version = publish_entity_scorer(reg, PROPENSITY, model, encoder, sample, {
+        "metrics": {"holdout_auc": report.holdout_auc}, "training": report.to_dict(),
+        "params": {"train": loop.model_dump(mode="json")}, "lineage": lineage,
+    })
+    reg.set_alias(PROPENSITY, alias, version.version)
+    console.print(f"registered {version.label} → {alias}: holdout AUC {report.holdout_auc:.4f}, "
+                  f"parity {version.metadata['parity']['max_abs_diff']:.1e}, device {report.device}")
+
+
 @models_app.command("evaluate")
 def models_evaluate(
     world: Annotated[Path, typer.Option(help="World whose held-out users and truth are used.")],

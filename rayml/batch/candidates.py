@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from rayml.batch.config import CandidateJobConfig
 from rayml.config import init_ray
 from rayml.features import FeatureEncoder, resolve_snapshot
-from rayml.models.export import ort_session
+from rayml.inference import ort_session
 from rayml.registry import ModelRegistry
 
 MANIFEST = "_manifest.json"

@@ -11,6 +11,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from rayml.inference import ort_session
+
 OPSET = 17
 
 
@@ -28,14 +30,6 @@ class Parity:
 
     def to_dict(self) -> dict:
         return {"max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "rows": self.rows, "passed": self.passed}
-
-
-def ort_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU inference session with a fixed thread count (threads compete with Ray on small boxes)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def export_onnx(

@@ -22,7 +22,7 @@ from rayml.features.online import Lookup
 from rayml.features.realtime import Events
 from rayml.features.redis_store import OnlineStoreUnavailable
 from rayml.features.service import OnlineFeatures
-from rayml.models.export import ort_session
+from rayml.inference import ort_session
 from rayml.registry import ModelRegistry, RegistryError
 from rayml.serving.config import RecommenderArgs
 

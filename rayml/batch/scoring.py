@@ -21,7 +21,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayml.batch.config import ScoreJobConfig
-from rayml.batch.shards import AtomicParquetWriter, Shard, committed_outputs, list_shards, resolve_fs
+from rayml.batch.shards import (
+    AtomicParquetWriter,
+    Shard,
+    committed_outputs,
+    list_shards,
+    resolve_fs,
+)
 from rayml.features import FeatureEncoder
 from rayml.inference import ort_session
 from rayml.registry import ModelRegistry, ModelVersion, RegistryError

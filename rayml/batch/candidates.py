@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayml.batch.config import CandidateJobConfig
+from rayml.batch.shards import refuse_relative_paths_in_job
 from rayml.config import init_ray
 from rayml.features import FeatureEncoder, resolve_snapshot
 from rayml.inference import ort_session
@@ -58,21 +59,6 @@ class CandidateScorer:
         )
 
 
-def _in_job_working_dir() -> bool:
-    """True in a `ray job submit --working-dir` driver, whose cwd is a temporary copy of that dir."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
-        return False
-    try:
-        return bool(json.loads(raw).get("runtime_env", {}).get("working_dir"))
-    except (ValueError, AttributeError):
-        return False
-
-
-def _is_absolute(path: str) -> bool:
-    return "://" in path or Path(path).is_absolute()
-
-
 def _check_user_columns(users: Path, encoder: FeatureEncoder) -> None:
     """Fail before any Ray work when the user table lacks what the model reads."""
     files = [users] if users.is_file() else sorted(users.rglob("*.parquet"))
@@ -110,13 +96,7 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
     import ray
     from ray.data import ActorPoolStrategy
 
-    if _in_job_working_dir():
-        relative = [k for k in ("users", "registry", "output") if not _is_absolute(getattr(config, k))]
-        if relative:
-            raise ValueError(
-                f"keys {relative} are relative paths; under `ray job submit` they would point into the job's "
-                "temporary working_dir copy (and the output would be lost): pass absolute paths or URIs"
-            )
+    refuse_relative_paths_in_job({k: getattr(config, k) for k in ("users", "registry", "output")})
     version = ModelRegistry(config.registry).get(config.model, config.alias)
     users = resolve_snapshot(config.users)
     _check_user_columns(users, FeatureEncoder.load(version.file("user_encoder.json")))

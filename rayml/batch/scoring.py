@@ -26,6 +26,7 @@ from rayml.batch.shards import (
     Shard,
     committed_outputs,
     list_shards,
+    refuse_relative_paths_in_job,
     resolve_fs,
 )
 from rayml.features import FeatureEncoder
@@ -180,6 +181,7 @@ def preflight(config: ScoreJobConfig) -> tuple[ModelVersion, list[Shard], set[st
     Raises:
         RegistryError, FileNotFoundError, ValueError: one message naming what is wrong.
     """
+    refuse_relative_paths_in_job({k: getattr(config, k) for k in ("input", "registry", "output")})
     version = ModelRegistry(config.registry).get(config.model, config.version)
     if version.metadata.get("kind") != "entity_scorer":
         raise RegistryError(f"{version.label} is a {version.metadata.get('kind')!r} model, not an entity scorer")

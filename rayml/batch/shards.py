@@ -8,6 +8,8 @@ a job killed at any point and run again writes each shard exactly once.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -97,3 +99,26 @@ class AtomicParquetWriter:
             self._stream.close()
         finally:
             self.fs.delete_file(self.tmp)  # on an object store the stream's close uploaded it: remove it again
+
+
+def _in_job_working_dir() -> bool:
+    """True in a `ray job submit --working-dir` driver, whose cwd is a temporary copy of that dir."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return False
+    try:
+        return bool(json.loads(raw).get("runtime_env", {}).get("working_dir"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def refuse_relative_paths_in_job(paths: dict[str, str]) -> None:
+    """Under `ray job submit --working-dir`, relative paths point into a temporary copy: refuse them up front."""
+    if not _in_job_working_dir():
+        return
+    relative = [k for k, v in paths.items() if "://" not in v and not Path(v).is_absolute()]
+    if relative:
+        raise ValueError(
+            f"keys {relative} are relative paths; under `ray job submit` they would point into the job's "
+            "temporary working_dir copy (and the output would be lost): pass absolute paths or URIs"
+        )

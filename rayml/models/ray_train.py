@@ -24,9 +24,10 @@ STATE_FILE = "state.pt"
 
 
 def make_network(kind: str, spec: dict[str, Any], user_dim: int, item_dim: int) -> nn.Module:
-    """Build a ``teacher`` or ``student`` network from its config dict."""
+    """Build a ``teacher`` or ``student`` network from its config dict (``privileged_dim``: teacher's extra inputs)."""
     if kind == "teacher":
-        return Teacher(user_dim, item_dim, spec["cross_dim"], tuple(spec["hidden"]), spec["dropout"])
+        return Teacher(user_dim, item_dim, spec["cross_dim"], tuple(spec["hidden"]), spec["dropout"],
+                       spec.get("privileged_dim", 0))
     if kind == "student":
         return Student(user_dim + item_dim, tuple(spec["hidden"]))
     raise ValueError(f"unknown network kind {kind!r}")
@@ -56,6 +57,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     user_x, item_x = config["user_x"], config["item_x"]
     ev_user, ev_item, label = config["event_user"], config["event_item"], config["label"]
     soft = config.get("teacher_logit")
+    privileged = config.get("privileged")  # [E, P] teacher-only inputs, or None
     rows = config["rows"][rank::world]
     device = ray.train.torch.get_device()
     torch.manual_seed(loop.seed)
@@ -78,7 +80,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         order = np.random.default_rng(loop.seed + epoch).permutation(rows)
         total = 0.0
         for batch in np.array_split(order, steps_per_epoch):
-            x = np.concatenate([user_x[ev_user[batch]], item_x[ev_item[batch]]], axis=1)
+            parts = [user_x[ev_user[batch]], item_x[ev_item[batch]]]
+            if privileged is not None:
+                parts.append(privileged[batch])
+            x = np.concatenate(parts, axis=1)  # [B, Fu + Fi (+ P)]
             logit = model(torch.from_numpy(x).to(device))
             teacher_logit = torch.from_numpy(soft[batch]).to(device) if soft is not None else None
             loss = distillation_loss(logit, torch.from_numpy(label[batch]).to(device), teacher_logit,
@@ -133,8 +138,13 @@ def train_on_ray(
     teacher_logit: np.ndarray | None = None,
     temperature: float = 1.0,
     alpha: float = 0.0,
+    privileged: np.ndarray | None = None,
 ) -> RayTrainResult:
-    """Fit a network with ``TorchTrainer`` and return it (on CPU, eval mode) with the last reported metrics."""
+    """Fit a network with ``TorchTrainer`` and return it (on CPU, eval mode) with the last reported metrics.
+
+    ``privileged`` ([E, P], aligned with ``data.label``) is appended to every input row: a teacher's offline-only
+    features; its spec must then carry ``privileged_dim = P``.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -148,7 +158,7 @@ def train_on_ray(
             "kind": kind, "spec": spec, "loop": loop.model_dump(mode="json"),
             "user_x": data.user_x, "item_x": data.item_x, "event_user": data.event_user,
             "event_item": data.event_item, "label": data.label, "rows": rows,
-            "teacher_logit": teacher_logit, "temperature": temperature, "alpha": alpha,
+            "teacher_logit": teacher_logit, "temperature": temperature, "alpha": alpha, "privileged": privileged,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling["num_workers"], use_gpu=bool(use_gpu),

@@ -16,26 +16,34 @@ class TeacherScorer:
     """Ray Data actor: holds the teacher and the encoded feature matrices; scores impression ids."""
 
     def __init__(self, kind: str, spec: dict[str, Any], state: dict[str, Any], user_x: np.ndarray,
-                 item_x: np.ndarray, event_user: np.ndarray, event_item: np.ndarray) -> None:
+                 item_x: np.ndarray, event_user: np.ndarray, event_item: np.ndarray,
+                 privileged: np.ndarray | None = None) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = make_network(kind, spec, user_x.shape[1], item_x.shape[1])
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
         self.user_x, self.item_x = user_x, item_x
         self.event_user, self.event_item = event_user, event_item
+        self.privileged = privileged  # [E, P] or None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = batch["id"]
-        x = np.concatenate([self.user_x[self.event_user[rows]], self.item_x[self.event_item[rows]]], axis=1)
+        parts = [self.user_x[self.event_user[rows]], self.item_x[self.event_item[rows]]]
+        if self.privileged is not None:
+            parts.append(self.privileged[rows])
+        x = np.concatenate(parts, axis=1)  # [B, Fu + Fi (+ P)]
         with torch.no_grad():
             logit = self.model(torch.from_numpy(x).to(self.device)).cpu().numpy()
         return {"id": rows, "teacher_logit": logit.astype(np.float32)}
 
 
 def teacher_logits(
-    teacher: torch.nn.Module, kind: str, spec: dict[str, Any], data: TrainingData, batch_size: int, pool: ActorPool
+    teacher: torch.nn.Module, kind: str, spec: dict[str, Any], data: TrainingData, batch_size: int, pool: ActorPool,
+    privileged: np.ndarray | None = None,
 ) -> np.ndarray:
     """Teacher logit of every impression in ``data`` (aligned with ``data.label``). [E] float32.
+
+    ``privileged``: the teacher's offline-only inputs per impression ([E, P]), appended to each row.
 
     Runs ``map_batches`` on an actor pool with fractional CPUs (2-core boxes never deadlock) and
     ``pool.num_gpus`` GPUs per actor when set.
@@ -50,7 +58,7 @@ def teacher_logits(
         fn_constructor_kwargs={
             "kind": kind, "spec": spec, "state": {k: v.cpu() for k, v in teacher.state_dict().items()},
             "user_x": data.user_x, "item_x": data.item_x,
-            "event_user": data.event_user, "event_item": data.event_item,
+            "event_user": data.event_user, "event_item": data.event_item, "privileged": privileged,
         },
         batch_size=batch_size,
         batch_format="numpy",

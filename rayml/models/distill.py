@@ -22,9 +22,14 @@ from rayml.models.evaluate import (
 )
 from rayml.models.export import export_onnx, quantize_int8
 from rayml.models.networks import ScoreHead, parameter_count
-from rayml.models.privileged import PRIVILEGED_COLUMNS, PrivilegedFeatures, load_privileged
+from rayml.models.privileged import (
+    PRIVILEGED_COLUMNS,
+    PrivilegedFeatures,
+    load_pair_privileged,
+    load_privileged,
+)
 from rayml.models.publish import RANKER, TEACHER, world_lineage
-from rayml.models.ray_train import train_on_ray
+from rayml.models.ray_train import TransferPairs, train_on_ray
 from rayml.models.soft_labels import teacher_logits
 from rayml.registry import ModelRegistry, ModelVersion, RegistryError
 from rayml.world import World
@@ -110,11 +115,20 @@ def run_distillation(config: DistillConfig) -> DistillReport:
     teacher = train_on_ray("teacher", teacher_spec, config.teacher.train, data, rows,
                            name=f"{config.run_name}-teacher", storage_path=storage, scaling=scaling,
                            privileged=per_event)
+    transfer = None
+    transfer_privileged = None
+    if config.student.transfer_items:
+        transfer = TransferPairs.sample(data, rows, config.student.transfer_items, config.split.seed)
+        if privileged is not None:
+            transfer_privileged = load_pair_privileged(data, privileged.item_category, transfer.source,
+                                                       transfer.item_row)
     logits = teacher_logits(teacher.model, "teacher", teacher_spec, data, config.soft_labels.batch_size,
-                            config.soft_labels.actors, per_event)
+                            config.soft_labels.actors, per_event, transfer, transfer_privileged)
+    del transfer_privileged
     student = train_on_ray("student", student_spec, config.student.train, data, rows,
                            name=f"{config.run_name}-student", storage_path=storage, scaling=scaling,
-                           teacher_logit=logits, temperature=config.student.temperature, alpha=config.student.alpha)
+                           teacher_logit=logits, temperature=config.student.temperature, alpha=config.student.alpha,
+                           transfer=transfer)
     hard = None
     if config.baseline:
         hard = train_on_ray("student", student_spec, config.student.train, data, rows,
@@ -156,6 +170,7 @@ def run_distillation(config: DistillConfig) -> DistillReport:
         }, {
             "kind": "ranker", "distilled": True,
             "params": student_spec | {"temperature": config.student.temperature, "alpha": config.student.alpha,
+                                      "transfer_items": config.student.transfer_items,
                                       "train": config.student.train.model_dump(mode="json")},
             "parameter_count": parameter_count(student.model),
             "parity": student_parity.to_dict(),

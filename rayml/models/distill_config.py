@@ -43,6 +43,11 @@ class StudentConfig(StrictModel):
     hidden: tuple[int, ...] = Field((256, 128), min_length=1, max_length=8, description="MLP widths.")
     temperature: float = Field(2.0, gt=0, le=100, description="Softening of teacher and student logits.")
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-label loss (1 - alpha on hard labels).")
+    transfer_items: int = Field(
+        1, ge=0, le=16,
+        description="Unshown items (uniform) paired with each training impression's user and time, labelled by "
+        "the teacher alone: a larger transfer set for the student; 0 = distil on the impressions only.",
+    )
     train: TrainLoop = TrainLoop(epochs=4, lr=3e-3)
 
 

@@ -211,3 +211,51 @@ def load_privileged(data: TrainingData, items: pa.Table, end: np.datetime64) -> 
     at_end = LogHistory.as_of(data.user_ids, end, user, data.event_ts, data.label, data.event_item, category,
                                data.item_x)
     return PrivilegedFeatures(per_event, category, at_end)
+
+
+def _sums_before(log_key: np.ndarray, log_ts: np.ndarray, log_values: np.ndarray, key: np.ndarray,
+                 ts: np.ndarray) -> np.ndarray:
+    """For each query (key, ts), the sum of ``log_values`` [E, k] over log rows with that key and ``log_ts < ts``.
+
+    Timestamps are datetime64[us] or integers; returns [Q, k] float64.
+    """
+    origin = min(log_ts.min(), ts.min()) if len(log_ts) and len(ts) else 0
+    log_t = (log_ts - origin).astype(np.int64)
+    query_t = (ts - origin).astype(np.int64)
+    span = int(max(log_t.max(initial=0), query_t.max(initial=0))) + 1
+    log_code = np.asarray(log_key, np.int64) * span + log_t  # one sortable code per (key, ts)
+    order = np.argsort(log_code, kind="stable")
+    prefix = np.vstack([np.zeros((1, log_values.shape[1])), np.cumsum(np.asarray(log_values, np.float64)[order], 0)])
+    key = np.asarray(key, np.int64)
+    return prefix[np.searchsorted(log_code[order], key * span + query_t, side="left")] - \
+        prefix[np.searchsorted(log_code[order], key * span, side="left")]
+
+
+def pair_features(user: np.ndarray, ts: np.ndarray, clicked: np.ndarray, item_row: np.ndarray,
+                  item_category: np.ndarray, item_x: np.ndarray, query_user: np.ndarray, query_item: np.ndarray,
+                  query_ts: np.ndarray) -> np.ndarray:
+    """Privileged features of arbitrary (user, item row, time) pairs against the log (``user`` .. ``item_row``,
+    as in :func:`event_features`), from log rows strictly before each pair's time. [Q, 8 + Fi].
+
+    For pairs that are the log's own impressions this equals :func:`event_features`; other pairs (an unshown
+    item at the time of a user's impression) make a larger transfer set for distillation.
+    """
+    user, query_user = np.asarray(user, np.int64), np.asarray(query_user, np.int64)
+    click = np.asarray(clicked, np.float64)
+    counts = np.stack([np.ones_like(click), click], axis=1)
+    n_categories = int(item_category.max()) + 1
+    per_user = _sums_before(user, ts, np.hstack([counts, item_x[item_row] * click[:, None]]), query_user, query_ts)
+    per_category = _sums_before(user * n_categories + item_category[item_row], ts, counts,
+                                query_user * n_categories + item_category[query_item], query_ts)
+    per_item = _sums_before(np.asarray(item_row, np.int64), ts, counts, np.asarray(query_item, np.int64), query_ts)
+    return assemble(per_user[:, 0], per_user[:, 1], per_category[:, 0], per_category[:, 1], per_item[:, 0],
+                    per_item[:, 1], per_user[:, 2:])
+
+
+def load_pair_privileged(data: TrainingData, item_category: np.ndarray, source: np.ndarray,
+                         item_row: np.ndarray) -> np.ndarray:
+    """Privileged features of unshown pairs: the user and time of impression ``source`` [N], item ``item_row``
+    [N]; from the log strictly before that time. [N, P]."""
+    user = data.user_ids[data.event_user]
+    return pair_features(user, data.event_ts, data.label, data.event_item, item_category, data.item_x,
+                         user[source], item_row, data.event_ts[source])

@@ -9,7 +9,7 @@ import torch
 
 from rayml.batch.config import ActorPool
 from rayml.models.data import TrainingData
-from rayml.models.ray_train import make_network
+from rayml.models.ray_train import TransferPairs, make_network
 
 
 class TeacherScorer:
@@ -40,10 +40,13 @@ class TeacherScorer:
 def teacher_logits(
     teacher: torch.nn.Module, kind: str, spec: dict[str, Any], data: TrainingData, batch_size: int, pool: ActorPool,
     privileged: np.ndarray | None = None,
+    transfer: TransferPairs | None = None,
+    transfer_privileged: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Teacher logit of every impression in ``data`` (aligned with ``data.label``). [E] float32.
+    """Teacher logit of every impression in ``data`` (aligned with ``data.label``), then of every ``transfer``
+    pair. [E (+ N)] float32.
 
-    ``privileged``: the teacher's offline-only inputs per impression ([E, P]), appended to each row.
+    ``privileged``, ``transfer_privileged``: the teacher's offline-only inputs ([E, P], [N, P]) appended to rows.
 
     Runs ``map_batches`` on an actor pool with fractional CPUs (2-core boxes never deadlock) and
     ``pool.num_gpus`` GPUs per actor when set.
@@ -51,14 +54,22 @@ def teacher_logits(
     import ray
     from ray.data import ActorPoolStrategy
 
-    n = len(data.label)
+    event_user, event_item = data.event_user, data.event_item
+    if transfer is not None:
+        event_user = np.concatenate([event_user, transfer.user_row])
+        event_item = np.concatenate([event_item, transfer.item_row])
+        if privileged is not None:
+            if transfer_privileged is None or len(transfer_privileged) != len(transfer):
+                raise ValueError(f"a privileged teacher needs privileged features for all {len(transfer)} transfer pairs")
+            privileged = np.concatenate([privileged, transfer_privileged])
+    n = len(event_user)
     blocks = max(1, min(64, n // batch_size))
     ds = ray.data.range(n, override_num_blocks=blocks).map_batches(
         TeacherScorer,
         fn_constructor_kwargs={
             "kind": kind, "spec": spec, "state": {k: v.cpu() for k, v in teacher.state_dict().items()},
             "user_x": data.user_x, "item_x": data.item_x,
-            "event_user": data.event_user, "event_item": data.event_item, "privileged": privileged,
+            "event_user": event_user, "event_item": event_item, "privileged": privileged,
         },
         batch_size=batch_size,
         batch_format="numpy",

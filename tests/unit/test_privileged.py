@@ -78,7 +78,7 @@ def test_no_leak_flipping_a_label_changes_only_strictly_later_rows_of_its_user_o
         flipped = CLICKED.copy()
         flipped[row] = 1 - flipped[row]
         changed = np.any(event_features(USER, TIME, flipped, ITEM, ITEM_CATEGORY, ITEM_X) != base, axis=1)
-        may_change = ((USER == USER[row]) | (ITEM == ITEM[row])) & (TIME[row] < TIME)
+        may_change = ((USER[row] == USER) | (ITEM[row] == ITEM)) & (TIME[row] < TIME)
         assert not changed[~may_change].any(), f"flipping row {row} changed rows {np.flatnonzero(changed)}"
         assert changed[may_change].all()
 

@@ -17,8 +17,10 @@ from rayml.models.privileged import (
     PRIVILEGED_COLUMNS,
     LogHistory,
     event_features,
+    pair_features,
     strictly_before_sums,
 )
+from rayml.models.ray_train import TransferPairs, distillation_loss
 
 pytestmark = pytest.mark.unit
 
@@ -128,3 +130,39 @@ def test_paired_gap_matches_scipy_and_covers_the_true_difference():
     assert np.isclose(gap.p_value, stats.ttest_rel(a, b).pvalue)
     with pytest.raises(ValueError, match="got shapes"):
         paired_gap(a, b[:10])
+
+
+def test_pair_features_of_logged_pairs_equal_event_features_and_unshown_pairs_see_only_the_past():
+    logged = pair_features(USER, TIME, CLICKED, ITEM, ITEM_CATEGORY, ITEM_X, USER, ITEM, TIME)
+    np.testing.assert_array_equal(logged, event_features(USER, TIME, CLICKED, ITEM, ITEM_CATEGORY, ITEM_X))
+    # user 3 never saw item 0; at t20 item 0 had one impression (user 7, t10, clicked)
+    unshown = pair_features(USER, TIME, CLICKED, ITEM, ITEM_CATEGORY, ITEM_X, np.array([3]), np.array([0]), ts(20))
+    col = {name: i for i, name in enumerate(PRIVILEGED_COLUMNS)}
+    assert np.isclose(unshown[0, col["log_impressions"]], np.log1p(1))  # user 3's t10 impression
+    assert np.isclose(unshown[0, col["category_log_impressions"]], 0)  # it was item 2, category 1
+    assert np.isclose(unshown[0, col["item_log_impressions"]], np.log1p(1))
+    np.testing.assert_allclose(unshown[0, len(col):], ITEM_X[2])
+
+
+def test_transfer_rows_train_on_soft_labels_alone():
+    logit = torch.tensor([0.3, -1.2, 2.0])
+    teacher = torch.tensor([1.0, -0.5, 0.2])
+    hard = torch.tensor([1.0, float("nan"), 0.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    soft = bce(logit / 2.0, torch.sigmoid(teacher / 2.0), reduction="none") * 4.0
+    labeled = 0.7 * soft + 0.3 * bce(logit, torch.nan_to_num(hard), reduction="none")
+    expected = torch.stack([labeled[0], soft[1], labeled[2]]).mean()
+    assert torch.isclose(distillation_loss(logit, hard, teacher, 2.0, 0.7), expected)
+    with pytest.raises(ValueError, match="need teacher logits"):
+        distillation_loss(logit, hard, None, 2.0, 0.7)
+
+
+def test_transfer_pairs_keep_the_user_and_time_of_their_impression(tiny_world):
+    data = load_training_data(tiny_world)
+    rows = np.flatnonzero(~data.is_holdout)
+    pairs = TransferPairs.sample(data, rows, 2)
+    assert len(pairs) == 2 * len(rows)
+    np.testing.assert_array_equal(pairs.source, np.repeat(rows, 2))
+    np.testing.assert_array_equal(pairs.user_row, data.event_user[pairs.source])
+    assert pairs.item_row.min() >= 0 and pairs.item_row.max() < len(data.item_ids)
+    assert len(np.unique(pairs.item_row)) > 0.5 * len(data.item_ids)  # uniform over items, not the logged ones

@@ -124,7 +124,7 @@ def run_distillation(config: DistillConfig) -> DistillReport:
                                                        transfer.item_row)
     logits = teacher_logits(teacher.model, "teacher", teacher_spec, data, config.soft_labels.batch_size,
                             config.soft_labels.actors, per_event, transfer, transfer_privileged)
-    del transfer_privileged
+    del transfer_privileged  # [N, P] float32, about 100 MB on the demo world; scored, no longer needed
     student = train_on_ray("student", student_spec, config.student.train, data, rows,
                            name=f"{config.run_name}-student", storage_path=storage, scaling=scaling,
                            teacher_logit=logits, temperature=config.student.temperature, alpha=config.student.alpha,

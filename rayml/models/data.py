@@ -29,6 +29,7 @@ class TrainingData:
         item_x: [I, Fi] encoded item features.
         event_user: [E] row index into ``user_x`` of each impression (the snapshot valid at its time).
         event_item: [E] row index into ``item_x``.
+        event_ts: [E] impression time, datetime64[us].
         label: [E] 1.0 when the impression was clicked.
         is_holdout: [E] True when the impression's user is held out for evaluation.
     """
@@ -41,6 +42,7 @@ class TrainingData:
     item_x: np.ndarray
     event_user: np.ndarray
     event_item: np.ndarray
+    event_ts: np.ndarray
     label: np.ndarray
     is_holdout: np.ndarray
 
@@ -82,6 +84,7 @@ def load_training_data(
         item_x=item_encoder.transform(items),
         event_user=event_user,
         event_item=np.searchsorted(item_ids, events["item_id"].to_numpy()),
+        event_ts=events["ts"].to_numpy().astype("datetime64[us]"),
         label=events["clicked"].to_numpy(zero_copy_only=False).astype(np.float32),
         is_holdout=holdout_mask(ev_users, holdout_fraction, seed),
     )

@@ -29,6 +29,11 @@ class TeacherConfig(StrictModel):
     cross_dim: int = Field(128, ge=1, le=4096, description="Width of the user ⊙ item cross term.")
     hidden: tuple[int, ...] = Field((1024, 512, 256), min_length=1, max_length=8, description="Deep MLP widths.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout after each hidden layer.")
+    privileged: bool = Field(
+        True,
+        description="Also feed the teacher offline-only, point-in-time aggregates of each user's earlier "
+        "impressions (rayml.models.privileged); the student never sees them, only the teacher's soft labels.",
+    )
     train: TrainLoop = TrainLoop(epochs=6, lr=2e-3, weight_decay=1e-4)
 
 
@@ -38,6 +43,11 @@ class StudentConfig(StrictModel):
     hidden: tuple[int, ...] = Field((256, 128), min_length=1, max_length=8, description="MLP widths.")
     temperature: float = Field(2.0, gt=0, le=100, description="Softening of teacher and student logits.")
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-label loss (1 - alpha on hard labels).")
+    transfer_items: int = Field(
+        1, ge=0, le=16,
+        description="Unshown items (uniform) paired with each training impression's user and time, labelled by "
+        "the teacher alone: a larger transfer set for the student; 0 = distil on the impressions only.",
+    )
     train: TrainLoop = TrainLoop(epochs=4, lr=3e-3)
 
 
@@ -73,3 +83,4 @@ class DistillConfig(StrictModel):
     soft_labels: SoftLabels = SoftLabels()
     quantization: Quantization = Quantization()
     baseline: bool = Field(True, description="Also train the student on hard labels only, for the report.")
+    eval_users: int = Field(500, ge=2, le=1_000_000, description="Held-out users ranked over all items in the report.")

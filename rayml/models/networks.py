@@ -86,23 +86,28 @@ class UserTowerExport(nn.Module):
 
 
 class Teacher(nn.Module):
-    """The large ranker: [features | user ⊙ item cross] → deep MLP with dropout. Input [N, U + I] → logit [N]."""
+    """The large ranker: [features | cross] → deep MLP with dropout. Input [N, U + I + P] → logit [N].
+
+    ``P = privileged_dim`` trailing columns are offline-only features (``rayml.models.privileged``); they join
+    the user side of the cross term, so ``cross = proj([user | privileged]) ⊙ proj(item)``.
+    """
 
     def __init__(self, user_dim: int, item_dim: int, cross_dim: int = 64,
-                 hidden: tuple[int, ...] = (512, 256, 128), dropout: float = 0.2):
+                 hidden: tuple[int, ...] = (512, 256, 128), dropout: float = 0.2, privileged_dim: int = 0):
         super().__init__()
-        self.user_dim = user_dim
-        self.user_proj = nn.Linear(user_dim, cross_dim)
+        self.user_dim, self.item_dim = user_dim, item_dim
+        self.user_proj = nn.Linear(user_dim + privileged_dim, cross_dim)
         self.item_proj = nn.Linear(item_dim, cross_dim)
-        sizes = [user_dim + item_dim + cross_dim, *hidden]
+        sizes = [user_dim + item_dim + privileged_dim + cross_dim, *hidden]
         layers: list[nn.Module] = []
         for i in range(len(sizes) - 1):
             layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU(), nn.Dropout(dropout)]
         self.deep = nn.Sequential(*layers, nn.Linear(sizes[-1], 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        user, item = features[:, : self.user_dim], features[:, self.user_dim :]  # [N, U], [N, I]
-        cross = self.user_proj(user) * self.item_proj(item)  # [N, C]
+        u, i = self.user_dim, self.user_dim + self.item_dim
+        user = torch.cat([features[:, :u], features[:, i:]], dim=1)  # [N, U + P]
+        cross = self.user_proj(user) * self.item_proj(features[:, u:i])  # [N, C]
         return self.deep(torch.cat([features, cross], dim=1)).squeeze(1)  # [N]
 
 

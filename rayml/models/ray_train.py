@@ -24,9 +24,10 @@ STATE_FILE = "state.pt"
 
 
 def make_network(kind: str, spec: dict[str, Any], user_dim: int, item_dim: int) -> nn.Module:
-    """Build a ``teacher`` or ``student`` network from its config dict."""
+    """Build a ``teacher`` or ``student`` network from its config dict (``privileged_dim``: teacher's extra inputs)."""
     if kind == "teacher":
-        return Teacher(user_dim, item_dim, spec["cross_dim"], tuple(spec["hidden"]), spec["dropout"])
+        return Teacher(user_dim, item_dim, spec["cross_dim"], tuple(spec["hidden"]), spec["dropout"],
+                       spec.get("privileged_dim", 0))
     if kind == "student":
         return Student(user_dim + item_dim, tuple(spec["hidden"]))
     raise ValueError(f"unknown network kind {kind!r}")
@@ -35,14 +36,22 @@ def make_network(kind: str, spec: dict[str, Any], user_dim: int, item_dim: int) 
 def distillation_loss(
     logit: torch.Tensor, hard: torch.Tensor, teacher_logit: torch.Tensor | None, temperature: float, alpha: float
 ) -> torch.Tensor:
-    """(1 - α)·BCE(logit, click) + α·T²·BCE(logit / T, sigmoid(teacher_logit / T)); plain BCE without a teacher."""
+    """(1 - α)·BCE(logit, click) + α·T²·BCE(logit / T, sigmoid(teacher_logit / T)); plain BCE without a teacher.
+
+    Rows whose ``hard`` label is NaN are transfer pairs the teacher scored but nobody was shown: they get the soft
+    term alone, at full weight. The loss is the mean over rows.
+    """
     bce = nn.functional.binary_cross_entropy_with_logits
-    hard_loss = bce(logit, hard)
+    labeled = ~torch.isnan(hard)
     if teacher_logit is None or alpha == 0:
-        return hard_loss
+        if not bool(labeled.all()):
+            raise ValueError("rows without a click label need teacher logits and alpha > 0")
+        return bce(logit, hard)
     soft_target = torch.sigmoid(teacher_logit / temperature)
-    soft_loss = bce(logit / temperature, soft_target) * temperature**2
-    return alpha * soft_loss + (1 - alpha) * hard_loss
+    soft = bce(logit / temperature, soft_target, reduction="none") * temperature**2  # [B]
+    hard_row = bce(logit, torch.where(labeled, hard, torch.zeros_like(hard)), reduction="none")  # [B]
+    per_row = torch.where(labeled, alpha * soft + (1 - alpha) * hard_row, soft)
+    return per_row.mean()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -56,6 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     user_x, item_x = config["user_x"], config["item_x"]
     ev_user, ev_item, label = config["event_user"], config["event_item"], config["label"]
     soft = config.get("teacher_logit")
+    privileged = config.get("privileged")  # [E, P] teacher-only inputs, or None
     rows = config["rows"][rank::world]
     device = ray.train.torch.get_device()
     torch.manual_seed(loop.seed)
@@ -78,7 +88,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         order = np.random.default_rng(loop.seed + epoch).permutation(rows)
         total = 0.0
         for batch in np.array_split(order, steps_per_epoch):
-            x = np.concatenate([user_x[ev_user[batch]], item_x[ev_item[batch]]], axis=1)
+            parts = [user_x[ev_user[batch]], item_x[ev_item[batch]]]
+            if privileged is not None:
+                parts.append(privileged[batch])
+            x = np.concatenate(parts, axis=1)  # [B, Fu + Fi (+ P)]
             logit = model(torch.from_numpy(x).to(device))
             teacher_logit = torch.from_numpy(soft[batch]).to(device) if soft is not None else None
             loss = distillation_loss(logit, torch.from_numpy(label[batch]).to(device), teacher_logit,
@@ -107,6 +120,31 @@ def unwrapped(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else model
 
 
+@dataclass(frozen=True)
+class TransferPairs:
+    """Extra (user, item) pairs for distillation that were never shown: the teacher labels them, nobody else.
+
+    Attributes:
+        source: [N] impression each pair was drawn from (its user, user-feature snapshot and time).
+        user_row: [N] row of ``TrainingData.user_x``; item_row: [N] row of ``item_x``.
+    """
+
+    source: np.ndarray
+    user_row: np.ndarray
+    item_row: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @classmethod
+    def sample(cls, data: TrainingData, rows: np.ndarray, per_impression: int, seed: int = 0) -> TransferPairs:
+        """``per_impression`` pairs for each impression in ``rows``: its user with items drawn uniformly, so the
+        student also learns the teacher's view of items the logging policy rarely shows."""
+        rng = np.random.default_rng([seed, 17])
+        source = np.repeat(rows, per_impression)
+        return cls(source, data.event_user[source], rng.integers(0, len(data.item_ids), len(source)))
+
+
 @dataclass
 class RayTrainResult:
     model: nn.Module
@@ -133,8 +171,15 @@ def train_on_ray(
     teacher_logit: np.ndarray | None = None,
     temperature: float = 1.0,
     alpha: float = 0.0,
+    privileged: np.ndarray | None = None,
+    transfer: TransferPairs | None = None,
 ) -> RayTrainResult:
-    """Fit a network with ``TorchTrainer`` and return it (on CPU, eval mode) with the last reported metrics."""
+    """Fit a network with ``TorchTrainer`` and return it (on CPU, eval mode) with the last reported metrics.
+
+    ``privileged`` ([E, P], aligned with ``data.label``) is appended to every input row: a teacher's offline-only
+    features; its spec must then carry ``privileged_dim = P``. ``transfer``: unlabeled pairs trained on the
+    teacher's soft labels alone; ``teacher_logit`` then covers the impressions, then these pairs ([E + N]).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -142,13 +187,21 @@ def train_on_ray(
     if use_gpu == "auto":
         use_gpu = cluster_has_gpus()
     storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
+    event_user, event_item, label = data.event_user, data.event_item, data.label
+    if transfer is not None:
+        if teacher_logit is None or len(teacher_logit) != len(label) + len(transfer):
+            raise ValueError(f"transfer pairs need teacher logits for {len(label)} impressions + {len(transfer)} pairs")
+        event_user = np.concatenate([event_user, transfer.user_row])
+        event_item = np.concatenate([event_item, transfer.item_row])
+        label = np.concatenate([label, np.full(len(transfer), np.nan, np.float32)])
+        rows = np.concatenate([rows, len(data.label) + np.arange(len(transfer))])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "kind": kind, "spec": spec, "loop": loop.model_dump(mode="json"),
-            "user_x": data.user_x, "item_x": data.item_x, "event_user": data.event_user,
-            "event_item": data.event_item, "label": data.label, "rows": rows,
-            "teacher_logit": teacher_logit, "temperature": temperature, "alpha": alpha,
+            "user_x": data.user_x, "item_x": data.item_x, "event_user": event_user,
+            "event_item": event_item, "label": label, "rows": rows,
+            "teacher_logit": teacher_logit, "temperature": temperature, "alpha": alpha, "privileged": privileged,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling["num_workers"], use_gpu=bool(use_gpu),

@@ -97,3 +97,12 @@ def test_distillation_job_under_ray_job_submit(ray_cluster, tiny_world, tmp_path
     assert set(rows) == {"teacher", "student, hard labels only", "student fp32 (distilled)", "student int8 (distilled)"}
     assert rows["teacher"]["params"] > rows["student fp32 (distilled)"]["params"] == rows["student int8 (distilled)"]["params"]
     assert all(0.3 < r["ndcg10"] <= 1 and 0.5 < r["auc"] < 1 for r in rows.values())
+    # the teacher reads privileged log features; the registered version is evaluated with them again
+    assert teacher.metadata["privileged_features"][:2] == ["log_impressions", "log_clicks"]
+    gap = json.loads(report.read_text())["teacher_minus_hard_ndcg10"]
+    assert gap["low"] <= gap["mean"] <= gap["high"] and gap["users"] >= 2
+    from rayml.models.distill import evaluate_registered
+
+    again = {r.name: r for r in evaluate_registered(tiny_world, registry, "production", "production", config["eval_users"])}
+    assert again["teacher"].ndcg10 == rows["teacher"]["ndcg10"]
+    assert again["student int8"].ndcg10 == rows["student int8 (distilled)"]["ndcg10"]

@@ -23,6 +23,7 @@ install: $(STAMP) ## Create .venv and install rayml with its dev tools (only whe
 demo-data: install ## Build the demo world, train and register models, generate candidates (reuses what exists).
 	$(BIN)/rayml world build configs/world/demo.yaml --out $(DEMO)/world
 	$(BIN)/rayml models train configs/models/demo.yaml --world $(DEMO)/world --registry $(DEMO)/registry
+	$(BIN)/rayml models train-scorer --world $(DEMO)/world --registry $(DEMO)/registry
 	$(BIN)/python batch_jobs/generate_candidates.py --config configs/batch/candidates.yaml
 	$(BIN)/python batch_jobs/materialize_features.py --config configs/features/demo.yaml --state-dir $(DEMO)/online
 
@@ -47,6 +48,7 @@ bench: install redis-server ## Benchmarks; each prints one JSON line per measure
 	redis-server --port $$port --bind 127.0.0.1 --save '' --appendonly no >/dev/null & rpid=$$!; sleep 0.5; \
 	$(BIN)/python benchmarks/feature_store.py --redis-port $$port; status=$$?; kill $$rpid; exit $$status
 	$(BIN)/python benchmarks/world_build.py
+	$(BIN)/python benchmarks/batch_scoring.py
 	$(MAKE) demo-data
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/distillation.py

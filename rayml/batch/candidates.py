@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayml.batch.config import CandidateJobConfig
-from rayml.batch.shards import refuse_relative_paths_in_job
+from rayml.batch.shards import Shard, ShardWorker, refuse_relative_paths_in_job
 from rayml.config import init_ray
 from rayml.features import FeatureEncoder, resolve_snapshot
 from rayml.inference import ort_session
@@ -78,6 +79,8 @@ class CandidateSummary:
     rows: int
     top_k: int
     seconds: float
+    shards: int = 0
+    shards_skipped: int = 0
     reused: bool = False
 
 
@@ -86,15 +89,38 @@ def read_manifest(output: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+class CandidateShardWorker(ShardWorker):
+    """Ray Data actor: top-K candidates for every user of a shard, committed as one output file."""
+
+    def __init__(self, users: str, staging: str, model_dir: str, top_k: int, version_label: str,
+                 batch_size: int) -> None:
+        super().__init__(users, staging, batch_size)
+        self.scorer = CandidateScorer(model_dir, top_k, version_label)
+        self.columns = ["user_id", *self.scorer.encoder.columns]
+        k = self.scorer.top_k
+        self.output_schema = pa.schema([("user_id", pa.int64()), ("items", pa.list_(pa.int64(), k)),
+                                        ("scores", pa.list_(pa.float32(), k)), ("model_version", pa.string())])
+
+    def process(self, table: pa.Table, shard: Shard) -> pa.Table:
+        return self.scorer(table).cast(self.output_schema)
+
+
+def _staging_dir(output: Path, version_label: str, top_k: int, users: Path) -> Path:
+    """Deterministic per (model version, k, users): a rerun of the same job resumes in it."""
+    digest = hashlib.sha256(str(users.resolve()).encode()).hexdigest()[:8]
+    return output.parent / f".{output.name}.staging-{version_label.replace(':', '_')}-k{top_k}-{digest}"
+
+
 def generate_candidates(config: CandidateJobConfig, force: bool = False) -> CandidateSummary:
     """Run the job on Ray (the cluster in ``RAY_ADDRESS``, else a local one started here).
 
-    The model is resolved and verified before any work starts. Output goes to a staging directory
-    renamed into place at the end, so readers never see a partial result. When ``output`` already
-    holds candidates from the same model version and users path, it is reused unless ``force``.
+    The model is resolved and verified before any work starts. Each users file is a shard whose candidates are
+    committed atomically into a staging directory named after the job, so a killed job resumes where it stopped.
+    When every shard is done the staging directory is renamed into place, so readers never see a partial
+    result. When ``output`` already holds candidates from the same model version and users path, it is reused
+    unless ``force``.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
+    from rayml.batch.shards import LOCAL, committed_outputs, list_shards, run_sharded
 
     refuse_relative_paths_in_job({k: getattr(config, k) for k in ("users", "registry", "output")})
     version = ModelRegistry(config.registry).get(config.model, config.alias)
@@ -109,31 +135,28 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
         and manifest["top_k"] == config.top_k
     ):
         return CandidateSummary(**{**manifest, "reused": True})
-    init_ray()
-    started = time.perf_counter()
     output = Path(config.output)
-    staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
-    pool = config.actors
-    ds = ray.data.read_parquet(str(users.resolve())).map_batches(
-        CandidateScorer,
-        fn_constructor_kwargs={"model_dir": str(version.path.resolve()), "top_k": config.top_k, "version_label": version.label},
-        batch_size=config.batch_size,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus or None,
+    staging = _staging_dir(output, version.label, config.top_k, users)
+    if force and staging.exists():
+        shutil.rmtree(staging)
+    shards = list_shards(LOCAL, str(users.resolve()))
+    done = committed_outputs(LOCAL, str(staging))
+    todo = [s for s in shards if s.output_name not in done]
+    if todo:
+        init_ray()  # not timed: a cluster's start-up is not the job's
+    started = time.perf_counter()
+    if todo:
+        run_sharded(CandidateShardWorker, {
+            "users": str(users.resolve()), "staging": str(staging.resolve()), "model_dir": str(version.path.resolve()),
+            "top_k": config.top_k, "version_label": version.label, "batch_size": config.batch_size,
+        }, todo, config.actors)
+    rows = pq.ParquetDataset(staging).read(columns=["user_id"]).num_rows
+    summary = CandidateSummary(
+        output=str(output), users_path=str(users.resolve()), model_version=version.label, rows=rows,
+        top_k=config.top_k, seconds=round(time.perf_counter() - started, 3), shards=len(shards),
+        shards_skipped=len(shards) - len(todo),
     )
-    try:
-        ds.write_parquet(str(staging.resolve()))
-        rows = pq.ParquetDataset(staging).read(columns=["user_id"]).num_rows
-        summary = CandidateSummary(
-            output=str(output), users_path=str(users.resolve()), model_version=version.label,
-            rows=rows, top_k=config.top_k, seconds=round(time.perf_counter() - started, 3),
-        )
-        (staging / MANIFEST).write_text(json.dumps(asdict(summary), indent=1))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # never leave half an output behind
-        raise
+    (staging / MANIFEST).write_text(json.dumps(asdict(summary), indent=1))
     if output.exists():
         trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(output, trash)

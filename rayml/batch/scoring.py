@@ -10,7 +10,6 @@ committed shards; a lost actor or node makes Ray retry its shard, which overwrit
 from __future__ import annotations
 
 import json
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,10 +23,12 @@ from rayml.batch.config import ScoreJobConfig
 from rayml.batch.shards import (
     AtomicParquetWriter,
     Shard,
+    ShardWorker,
     committed_outputs,
     list_shards,
     refuse_relative_paths_in_job,
     resolve_fs,
+    run_sharded,
 )
 from rayml.features import FeatureEncoder
 from rayml.inference import ort_session
@@ -38,12 +39,6 @@ JOB_FILE = "_job.json"
 REJECTS = "_rejects"
 OUTPUT_SCHEMA = pa.schema([("entity_id", pa.int64()), ("score", pa.float32()), ("model_version", pa.string())])
 REJECT_SCHEMA = pa.schema([("entity_id", pa.int64()), ("column", pa.string()), ("reason", pa.string())])
-
-
-def ray_node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 class BadRowError(ValueError):
@@ -85,46 +80,32 @@ def check_rows(table: pa.Table, encoder: FeatureEncoder, id_column: str, missing
     return ~bad, rejects
 
 
-class ShardScorer:
-    """Ray Data actor: scores whole shards and commits their outputs; returns one stats row per shard."""
+class ShardScorer(ShardWorker):
+    """Ray Data actor: scores whole shards, commits each shard's output and its rejects."""
+
+    output_schema = OUTPUT_SCHEMA
 
     def __init__(self, config: dict[str, Any], version: int) -> None:
         self.config = ScoreJobConfig.model_validate(config)
+        super().__init__(self.config.input, self.config.output, self.config.batch_size)
         model = ModelRegistry(self.config.registry).get(self.config.model, version)  # verified, cached per node
         self.label = model.label
         self.encoder = FeatureEncoder.load(model.file("encoder.json"))
         self.session = ort_session(model.file("model.onnx"), threads=self.config.ort_threads)
-        self.in_fs, _ = resolve_fs(self.config.input)
-        self.out_fs, self.out_root = resolve_fs(self.config.output)
         self.columns = list(dict.fromkeys([self.config.id_column, *self.encoder.columns]))
+        self._rejects: list[pa.Table] = []
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        stats = [self.score_shard(Shard(str(p), str(s))) for p, s in zip(batch["path"], batch["shard_id"], strict=True)]
-        return {key: np.array([row[key] for row in stats]) for key in stats[0]}
+    def process(self, table: pa.Table, shard: Shard) -> pa.Table:
+        return self._score(table, shard, self._rejects)
 
-    def score_shard(self, shard: Shard) -> dict[str, Any]:
-        started = time.perf_counter()
-        out = AtomicParquetWriter(self.out_fs, f"{self.out_root}/{shard.output_name}", OUTPUT_SCHEMA)
-        rejects: list[pa.Table] = []
-        rows_in = 0
-        try:
-            with self.in_fs.open_input_file(shard.path) as handle:
-                for record_batch in pq.ParquetFile(handle).iter_batches(self.config.batch_size, columns=self.columns):
-                    table = pa.Table.from_batches([record_batch])
-                    rows_in += table.num_rows
-                    out.write(self._score(table, shard, rejects))
-            if rejects:
-                bad = AtomicParquetWriter(self.out_fs, f"{self.out_root}/{REJECTS}/{shard.output_name}", REJECT_SCHEMA)
-                bad.write(pa.concat_tables(rejects))
-                bad.commit()  # before the output: the output's rename is the shard's commit point
-            out.commit()
-        except BaseException:
-            out.abort()
-            raise
-        return {"shard_id": shard.shard_id, "rows_in": rows_in, "rows_out": out.rows,
-                "rejected": sum(t.num_rows for t in rejects), "seconds": time.perf_counter() - started,
-                "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "node_id": ray_node_id()}
+    def before_commit(self, shard: Shard) -> dict[str, int]:
+        rejected = sum(t.num_rows for t in self._rejects)
+        if self._rejects:
+            bad = AtomicParquetWriter(self.out_fs, f"{self.out_root}/{REJECTS}/{shard.output_name}", REJECT_SCHEMA)
+            bad.write(pa.concat_tables(self._rejects))
+            bad.commit()  # before the shard's output, whose commit marks the shard done
+        self._rejects = []
+        return {"rejected": rejected}
 
     def _score(self, table: pa.Table, shard: Shard, rejects: list[pa.Table]) -> pa.Table:
         ok, bad = check_rows(table, self.encoder, self.config.id_column, self.config.missing)
@@ -229,9 +210,6 @@ def _write_json(fs, path: str, data: dict) -> None:
 
 def score_entities(config: ScoreJobConfig) -> ScoreSummary:
     """Run the job on Ray (``RAY_ADDRESS`` or a local Ray started here); skip shards already committed."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
     from rayml.config import init_ray
 
     version, shards, committed = preflight(config)
@@ -242,30 +220,19 @@ def score_entities(config: ScoreJobConfig) -> ScoreSummary:
     if todo:
         init_ray()  # not timed: a cluster's start-up is not the job's
     started = time.perf_counter()
-    stats_text, per_shard = "", []
+    stats_text = ""
+    per_shard: list[dict[str, Any]] = []
     if todo:
-        pool = config.actors
-        ds = ray.data.from_items([{"path": s.path, "shard_id": s.shard_id} for s in todo],
-                                 override_num_blocks=len(todo))
-        scored = ds.map_batches(
-            ShardScorer,
-            fn_constructor_kwargs={"config": config.model_dump(), "version": version.version},
-            batch_size=1,
-            compute=ActorPoolStrategy(min_size=min(pool.min_size, len(todo)), max_size=min(pool.max_size, len(todo))),
-            num_cpus=pool.num_cpus,
-            num_gpus=pool.num_gpus or None,
-            resources=pool.resources or None,
+        per_shard, stats_text = run_sharded(
+            ShardScorer, {"config": config.model_dump(), "version": version.version}, todo, config.actors
         )
-        per_shard = scored.take_all()
-        stats_text = scored.stats()
     seconds = time.perf_counter() - started
     rows_in, rows_out, rejected = _count(resolve_fs(config.input)[0], out_fs, out_root, shards)
     summary = ScoreSummary(
         output=config.output, model_version=version.label, shards=len(shards), shards_skipped=len(shards) - len(todo),
         rows_in=rows_in, rows_out=rows_out, rejected=rejected, seconds=round(seconds, 3),
         rows_per_s=round(sum(r["rows_in"] for r in per_shard) / seconds, 1) if per_shard else 0.0,
-        operator_stats=stats_text, per_shard=[{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-                                              for r in per_shard],
+        operator_stats=stats_text, per_shard=per_shard,
     )
     _write_json(out_fs, f"{out_root}/{MANIFEST}", summary.to_dict(with_shards=True))
     return summary

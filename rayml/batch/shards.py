@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+LOCAL = pafs.LocalFileSystem()
 
 
 def resolve_fs(location: str) -> tuple[pafs.FileSystem, str]:
@@ -122,3 +128,80 @@ def refuse_relative_paths_in_job(paths: dict[str, str]) -> None:
             f"keys {relative} are relative paths; under `ray job submit` they would point into the job's "
             "temporary working_dir copy (and the output would be lost): pass absolute paths or URIs"
         )
+
+
+class ShardWorker:
+    """Base of a Ray Data actor that processes whole shards: stream the input's record batches through
+    :meth:`process`, write the results to the shard's output, commit it, and return one stats row per shard.
+
+    Subclasses set ``output_schema``, ``columns`` (input columns read) and implement :meth:`process`; they may
+    override :meth:`before_commit` to commit side outputs (e.g. rejects) just before the shard's own commit.
+    """
+
+    output_schema: pa.Schema
+    columns: list[str]
+
+    def __init__(self, input_uri: str, output_uri: str, batch_size: int) -> None:
+        self.in_fs, _ = resolve_fs(input_uri)
+        self.out_fs, self.out_root = resolve_fs(output_uri)
+        self.batch_size = batch_size
+
+    def process(self, table: pa.Table, shard: Shard) -> pa.Table:
+        raise NotImplementedError
+
+    def before_commit(self, shard: Shard) -> dict[str, int]:
+        return {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stats = [self.run_shard(Shard(str(p), str(s))) for p, s in zip(batch["path"], batch["shard_id"], strict=True)]
+        return {key: np.array([row[key] for row in stats]) for key in stats[0]}
+
+    def run_shard(self, shard: Shard) -> dict[str, Any]:
+        started = time.perf_counter()
+        out = AtomicParquetWriter(self.out_fs, f"{self.out_root}/{shard.output_name}", self.output_schema)
+        rows_in = 0
+        try:
+            with self.in_fs.open_input_file(shard.path) as handle:
+                for record_batch in pq.ParquetFile(handle).iter_batches(self.batch_size, columns=self.columns):
+                    table = pa.Table.from_batches([record_batch])
+                    rows_in += table.num_rows
+                    out.write(self.process(table, shard))
+            extra = self.before_commit(shard)
+            out.commit()  # the shard's commit point
+        except BaseException:
+            out.abort()
+            raise
+        return {"shard_id": shard.shard_id, "rows_in": rows_in, "rows_out": out.rows, **extra,
+                "seconds": time.perf_counter() - started,
+                "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "node_id": _node_id()}
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def run_sharded(worker: type[ShardWorker], kwargs: dict[str, Any], shards: list[Shard], pool: Any) -> tuple[
+    list[dict[str, Any]], str
+]:
+    """Run ``worker`` over ``shards`` on a Ray Data actor pool (``pool``: an ``ActorPool`` config).
+
+    Only shard names travel through Ray; the rows stay in the actors. Returns per-shard stats and ``ds.stats()``.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    ds = ray.data.from_items([{"path": s.path, "shard_id": s.shard_id} for s in shards], override_num_blocks=len(shards))
+    done = ds.map_batches(
+        worker,
+        fn_constructor_kwargs=kwargs,
+        batch_size=1,
+        compute=ActorPoolStrategy(min_size=min(pool.min_size, len(shards)), max_size=min(pool.max_size, len(shards))),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+        resources=pool.resources or None,
+    )
+    rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in done.take_all()]
+    return rows, done.stats()

@@ -59,6 +59,11 @@ def entities(tmp_path_factory):
     return config, data, 24 * 40_000
 
 
+def summary_line(stdout: str) -> dict:
+    """The job's JSON summary (Ray may interleave its own log lines on the driver's stdout)."""
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"output"')))
+
+
 def assert_exact(output: Path, rows: int) -> None:
     ids = pq.read_table(output, columns=["entity_id"])["entity_id"].to_numpy()
     assert len(ids) == rows, f"{len(ids)} rows for {rows} entities"
@@ -81,7 +86,7 @@ def test_scoring_job_under_ray_job_submit(ray_cluster, entities, tmp_path):
     status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", ray_cluster, job_id],
                             cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60)
     assert "SUCCEEDED" in status.stdout + status.stderr or f"Job '{job_id}' succeeded" in status.stdout + status.stderr
-    summary = json.loads(next(line for line in log.splitlines() if line.startswith('{"output"')))
+    summary = summary_line(log)
     assert summary["rows_in"] == summary["rows_out"] == rows and summary["shards"] == 24
     assert "MapBatches(ShardScorer)" in log  # Ray Data's per-operator stats are printed
     assert_exact(output, rows)
@@ -119,7 +124,7 @@ def test_killed_driver_rerun_scores_each_entity_exactly_once(entities, tmp_path)
         assert 3 <= done < 24, f"{done} shards committed when killed"
         second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-        summary = json.loads(second.stdout.strip().splitlines()[-1])
+        summary = summary_line(second.stdout)
         assert summary["shards_skipped"] >= done and summary["rows_out"] == rows
         assert not list(output.glob(".*.tmp")), "temporary files left behind"
         assert_exact(output, rows)
@@ -144,7 +149,7 @@ def scorer_actors_under(raylet: int) -> list[int]:
 
 def test_losing_the_spot_worker_node_mid_job_loses_and_duplicates_nothing(entities, tmp_path):
     """A head and a `spot` worker node on this box; the worker's raylet is killed while the job runs."""
-    config, _, rows = entities
+    config, data, rows = entities
     output = tmp_path / "scores"
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rn")
     port = free_port()
@@ -160,11 +165,30 @@ def test_losing_the_spot_worker_node_mid_job_loses_and_duplicates_nothing(entiti
                   "--disable-usage-stats"]
         started = subprocess.run(worker, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
+        # Pinned by a custom resource, the actors run only on the spot node.
+        small = tmp_path / "small"
+        small.mkdir()
+        for part in sorted(data.glob("part-*.parquet"))[:2]:
+            shutil.copy(part, small / part.name)
+        pinned = tmp_path / "pinned.yaml"
+        pinned.write_text(yaml.safe_dump(yaml.safe_load(config.read_text()) | {
+            "input": str(small), "actors": {"min_size": 1, "max_size": 1, "num_cpus": 0.5, "resources": {marker: 0.5}}}))
+        address = {"RAY_ADDRESS": f"127.0.0.1:{port}"}
+        run = subprocess.run([str(BIN / "python"), "batch_jobs/score_entities.py", "--config", str(pinned), "--output",
+                              str(tmp_path / "pinned")], cwd=REPO, env=env | address, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        spot_node = subprocess.run([str(BIN / "python"), "-c", "import ray; ray.init(); print([n['NodeID'] for n in "
+                                    f"ray.nodes() if n['Alive'] and '{marker}' in n['Resources']][0])"],
+                                   cwd=REPO, env=env | address, capture_output=True, text=True, timeout=120)
+        manifest = json.loads((tmp_path / "pinned" / "_manifest.json").read_text())
+        assert {r["node_id"] for r in manifest["per_shard"]} == {re.findall(r"\b[0-9a-f]{56}\b", spot_node.stdout)[-1]}
+
         one_per_node = tmp_path / "job.yaml"  # 0.6 CPU each: one actor on each 1-CPU node
         one_per_node.write_text(yaml.safe_dump(yaml.safe_load(config.read_text()) | {
             "actors": {"min_size": 2, "max_size": 2, "num_cpus": 0.6}}))
         cmd = [str(BIN / "python"), "batch_jobs/score_entities.py", "--config", str(one_per_node), "--output", str(output)]
-        job = subprocess.Popen(cmd, cwd=REPO, env=env | {"RAY_ADDRESS": f"127.0.0.1:{port}"}, start_new_session=True,
+        job = subprocess.Popen(cmd, cwd=REPO, env=env | address, start_new_session=True,
                                stdout=(tmp_path / "job.out").open("w"), stderr=(tmp_path / "job.err").open("w"))
         raylets = [p for p in pids_with_marker(marker) if b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert len(raylets) == 1, raylets
@@ -176,7 +200,7 @@ def test_losing_the_spot_worker_node_mid_job_loses_and_duplicates_nothing(entiti
         os.kill(raylets[0], signal.SIGKILL)  # the spot node is reclaimed while its actor is working
         done = committed(output)
         assert job.wait(timeout=400) == 0, (tmp_path / "job.err").read_text()[-3000:]
-        summary = json.loads((tmp_path / "job.out").read_text().strip().splitlines()[-1])
+        summary = summary_line((tmp_path / "job.out").read_text())
         assert summary["rows_in"] == summary["rows_out"] == rows
         assert_exact(output, rows)
         MEASURED["batch node loss"] = f"worker raylet killed with {done}/24 shards committed; output exact"

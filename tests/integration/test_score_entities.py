@@ -146,3 +146,10 @@ def test_output_of_another_model_is_not_mixed(ray_session, scorer, sharded_users
     registry.set_alias(PROPENSITY, "other", 1)
     with pytest.raises(ValueError, match="holds scores of user_propensity:v1"):
         score_entities(job(scorer, source.parent, tmp_path / "out"))
+
+
+def test_input_and_output_as_filesystem_uris(ray_session, scorer, sharded_users, tmp_path):
+    source, rows = sharded_users
+    summary = score_entities(job(scorer, f"file://{source}", f"file://{tmp_path}/scores"))
+    assert summary.rows_out == rows and summary.output == f"file://{tmp_path}/scores"
+    assert pq.read_table(tmp_path / "scores").num_rows == rows

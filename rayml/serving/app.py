@@ -3,10 +3,15 @@
 # No `from __future__ import annotations`: FastAPI must see the real request-model classes.
 
 import logging
+import math
 import time
+from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
@@ -15,8 +20,12 @@ from ray.util import metrics
 from rayml.features.definitions import FeatureRepo
 from rayml.features.realtime import Events
 from rayml.features.redis_store import OnlineStoreUnavailable
+from rayml.serving import oip
+from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.config import RecommenderArgs, load_serving_repo
 from rayml.serving.recommender import RecommenderCore, UnknownUserError
+
+MAX_ID = 2**63 - 1  # ids are int64 everywhere
 
 
 class RecommendRequest(BaseModel):
@@ -24,7 +33,7 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: int = Field(ge=0, description="User to recommend for.")
+    user_id: int = Field(ge=0, le=MAX_ID, description="User to recommend for.")
     k: int | None = Field(None, ge=1, description="Number of items; default and maximum come from the app config.")
     explain: bool = Field(False, description="Also return the raw online features behind the answer.")
 
@@ -42,10 +51,10 @@ class RecommendResponse(BaseModel):
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: int = Field(ge=0)
-    item_id: int = Field(ge=0)
+    user_id: int = Field(ge=0, le=MAX_ID)
+    item_id: int = Field(ge=0, le=MAX_ID)
     clicked: bool
-    ts: float | None = Field(None, ge=0, description="Event time, epoch seconds; default: when it is received.")
+    ts: float | None = Field(None, ge=0, allow_inf_nan=False, description="Event time, epoch seconds; default: now.")
 
 
 class EventsRequest(BaseModel):
@@ -60,7 +69,46 @@ class EventsResponse(BaseModel):
     accepted: int
 
 
+class ScoreRequest(BaseModel):
+    """Body of ``POST /score``: score these items for this user (any items, not only its candidates)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: int = Field(ge=0, le=MAX_ID)
+    item_ids: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(min_length=1, max_length=10_000)
+
+
+class ScoreResponse(BaseModel):
+    user_id: int
+    items: list[int]
+    scores: list[float]
+    model_version: str
+    feature_missing: int
+
+
+def oip_error(status: int, message: str) -> JSONResponse:
+    """The Open Inference Protocol's error body: ``{"error": "..."}``."""
+    return JSONResponse(status_code=status, content={"error": message})
+
+
 api = FastAPI(title="rayml recommender", version="0.1.0")
+
+
+@api.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, made safe for inputs JSON cannot encode (``Infinity``/``NaN`` literals would make it a 500)."""
+    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by its name (strict JSON has no Infinity or NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 logger = logging.getLogger("ray.serve")
 
 
@@ -84,6 +132,11 @@ class Recommender:
             "rayml_feature_missing", "Entities the online store did not know (defaults served).", tag_keys=("backend",)
         ).set_default_tags(backend)
         self._errors_seen = 0
+        self.latency = LatencyWindow(window_s=10.0)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom autoscaling metric for :class:`rayml.serving.autoscaling.LatencySLOPolicy`: recent p95 in ms."""
+        return self.latency.stats()
 
     def __del__(self) -> None:
         if hasattr(self, "core"):  # not when __init__ failed
@@ -123,10 +176,13 @@ class Recommender:
                 detail=[{"type": "less_than_equal", "loc": ["body", "k"],
                          "msg": f"Input should be less than or equal to {self.core.args.max_k}", "input": k}],
             )
+        started = time.perf_counter()
         try:
             rec = self.core.recommend(request.user_id, k, explain=request.explain)
         except UnknownUserError:
             raise HTTPException(status_code=404, detail=f"user_id {request.user_id} has no candidates") from None
+        finally:
+            self.latency.add(time.perf_counter() - started)
         if rec.degraded:
             self._count_store_errors()
             self.degraded.inc()
@@ -162,6 +218,104 @@ class Recommender:
             raise HTTPException(status_code=503, detail=f"online store unavailable: {exc}",
                                 headers={"Retry-After": "1"}) from None
         return EventsResponse(accepted=len(events))
+
+    @api.post("/score")
+    def score(self, request: ScoreRequest) -> ScoreResponse:
+        try:
+            rec = self.core.score(request.user_id, np.asarray(request.item_ids, np.int64))
+        except OnlineStoreUnavailable as exc:
+            self._count_store_errors()
+            raise HTTPException(status_code=503, detail=f"online store unavailable: {exc}",
+                                headers={"Retry-After": "1"}) from None
+        return ScoreResponse(user_id=rec.user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
+                             feature_missing=rec.feature_missing)
+
+    @api.get("/readyz")
+    def readyz(self):
+        """Ready when the models are loaded and the online store answers (503 otherwise)."""
+        try:
+            self.core.features.get(self.core.args.user_view, np.array([0]))
+        except OnlineStoreUnavailable as exc:
+            return JSONResponse(status_code=503, content={"ready": False, "reason": f"online store: {exc}"},
+                                headers={"Retry-After": "1"})
+        return {"ready": True, "ranker": self.core.model_version,
+                "retriever": self.core.retriever.model_version if self.core.retriever else None,
+                "online_store": self.core.features.backend}
+
+    # ----- Open Inference Protocol v2 (REST) -----
+
+    def _oip_models(self) -> dict[str, tuple[str, oip.TensorSpec, oip.TensorSpec]]:
+        ranker = self.core.ranker
+        width = ranker.user_encoder.width + ranker.item_encoder.width
+        models = {"ranker": (ranker.model_version, oip.TensorSpec(name="features", datatype="FP32", shape=[-1, width]),
+                             oip.TensorSpec(name="score", datatype="FP32", shape=[-1]))}
+        retriever = self.core.retriever
+        if retriever is not None:
+            session = retriever.session
+            models["retriever"] = (
+                retriever.model_version,
+                oip.TensorSpec(name="user_features", datatype="FP32", shape=[-1, session.get_inputs()[0].shape[1]]),
+                oip.TensorSpec(name="embedding", datatype="FP32", shape=[-1, session.get_outputs()[0].shape[1]]),
+            )
+        return models
+
+    def _oip_model(self, name: str, version: str | None):
+        models = self._oip_models()
+        if name not in models:
+            return None, oip_error(404, f"model_name: unknown model {name!r}; served: {sorted(models)}")
+        label, spec_in, spec_out = models[name]
+        served = label.rsplit(":v", 1)[1]
+        if version is not None and version != served:
+            return None, oip_error(404, f"model_version: {name} serves version {served}, not {version!r}")
+        return (label, served, spec_in, spec_out), None
+
+    @api.get("/v2")
+    def oip_server(self) -> dict:
+        return {"name": "rayml", "version": api.version, "extensions": []}
+
+    @api.get("/v2/health/live")
+    def oip_live(self) -> dict:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    def oip_ready(self) -> dict:
+        return {"ready": True}
+
+    @api.get("/v2/models/{name}")
+    @api.get("/v2/models/{name}/versions/{version}")
+    def oip_metadata(self, name: str, version: str | None = None):
+        model, error = self._oip_model(name, version)
+        if error is not None:
+            return error
+        _, served, spec_in, spec_out = model
+        return oip.ModelMetadata(name=name, versions=[served], platform="onnxruntime_onnx", inputs=[spec_in],
+                                 outputs=[spec_out])
+
+    @api.get("/v2/models/{name}/ready")
+    @api.get("/v2/models/{name}/versions/{version}/ready")
+    def oip_model_ready(self, name: str, version: str | None = None):
+        _, error = self._oip_model(name, version)
+        return error if error is not None else {"name": name, "ready": True}
+
+    @api.post("/v2/models/{name}/infer")
+    @api.post("/v2/models/{name}/versions/{version}/infer")
+    def oip_infer(self, name: str, request: oip.InferenceRequest, version: str | None = None):
+        model, error = self._oip_model(name, version)
+        if error is not None:
+            return error
+        _, _, spec_in, spec_out = model
+        if len(request.inputs) != 1:
+            return oip_error(400, f"inputs: {name} takes exactly one input ({spec_in.name!r}), got {len(request.inputs)}")
+        for i, wanted in enumerate(request.outputs or []):
+            if wanted.name != spec_out.name:
+                return oip_error(400, f"outputs[{i}].name: unknown output {wanted.name!r}; {name} returns {spec_out.name!r}")
+        try:
+            tensor = oip.decode(request.inputs[0], 0, spec_in)
+        except oip.TensorError as exc:
+            return oip_error(400, str(exc))
+        label, result = self.core.infer(name, tensor)
+        return oip.InferenceResponse(model_name=name, model_version=label.rsplit(":v", 1)[1], id=request.id,
+                                     outputs=[oip.encode(spec_out.name, np.asarray(result, np.float32))])
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

@@ -18,6 +18,10 @@ class RecommenderArgs(StrictModel):
     registry: str = Field(description="Registry root directory.")
     ranker_model: str = Field("ranker", description="Registry model name of the ranker.")
     ranker_alias: str = Field("production", description="Version or alias of the ranker to serve at start.")
+    retriever_model: str | None = Field(
+        "retriever", description="Registry model whose user tower is served over OIP; null: not served."
+    )
+    retriever_alias: str = Field("production", description="Version or alias of the retriever.")
     precision: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="auto = the version's int8 artifact when it has one, else fp32."
     )

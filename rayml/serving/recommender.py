@@ -58,6 +58,14 @@ class LoadedRanker:
     item_encoder: FeatureEncoder
 
 
+@dataclass(frozen=True)
+class LoadedRetriever:
+    """The retriever's user tower (encoded user features → embedding with a trailing 1)."""
+
+    model_version: str
+    session: ort.InferenceSession
+
+
 class RecommenderCore:
     """Batch candidates in memory; features from the online store per request; ONNX ranking.
 
@@ -85,6 +93,39 @@ class RecommenderCore:
         self.cand_items = cands["items"].combine_chunks().flatten().to_numpy().reshape(-1, k)  # [Uc, K] item ids
         self.cand_scores = cands["scores"].combine_chunks().flatten().to_numpy().reshape(-1, k)  # [Uc, K]
         self.logger = FeatureLogger(args.feature_log) if args.feature_log else None
+        self.retriever = self._load_retriever()
+
+    def _load_retriever(self) -> LoadedRetriever | None:
+        if self.args.retriever_model is None:
+            return None
+        version = self.registry.get(self.args.retriever_model, self.args.retriever_alias)
+        return LoadedRetriever(version.label, ort_session(version.file("user_tower.onnx"), threads=1))
+
+    def infer(self, model: str, features: np.ndarray) -> tuple[str, np.ndarray]:
+        """Run a served model on an already-encoded batch: ``ranker`` → scores [N], ``retriever`` → embeddings."""
+        if model == "ranker":
+            ranker = self.ranker
+            return ranker.model_version, ranker.session.run(["score"], {"features": features})[0]
+        if model == "retriever" and self.retriever is not None:
+            return self.retriever.model_version, self.retriever.session.run(None, {"user_features": features})[0]
+        raise KeyError(model)
+
+    def score(self, user_id: int, item_ids: np.ndarray) -> Recommendation:
+        """Score given items for a user on their online features (any items, not only the user's candidates)."""
+        ranker = self.ranker
+        lookups = self.lookup(user_id, item_ids, round(time.time(), 6))
+        user, items = lookups[self.args.user_view], lookups[self.args.item_view]
+        scores = ranker.session.run(["score"], {"features": self._features(ranker, user_id, user, item_ids, items)})[0]
+        return Recommendation(user_id, item_ids.tolist(), scores.astype(float).tolist(), ranker.model_version,
+                              feature_missing=user.missing + items.missing)
+
+    def _features(self, ranker: LoadedRanker, user_id: int, user: Lookup, item_ids: np.ndarray,
+                  items: Lookup) -> np.ndarray:
+        n_user = ranker.user_encoder.width
+        features = np.empty((len(item_ids), n_user + ranker.item_encoder.width), np.float32)
+        features[:, :n_user] = ranker.user_encoder.transform(user.to_arrow(self.user_key, np.array([user_id])))
+        features[:, n_user:] = ranker.item_encoder.transform(items.to_arrow(self.item_key, item_ids))
+        return features
 
     @property
     def model_version(self) -> str:
@@ -159,10 +200,7 @@ class RecommenderCore:
             return Recommendation(user_id, item_ids[top].tolist(), self.cand_scores[pos, top].astype(float).tolist(),
                                   ranker.model_version, degraded=True)
         user, items = lookups[self.args.user_view], lookups[self.args.item_view]
-        n_user = ranker.user_encoder.width
-        features = np.empty((len(item_ids), n_user + ranker.item_encoder.width), np.float32)
-        features[:, :n_user] = ranker.user_encoder.transform(user.to_arrow(self.user_key, np.array([user_id])))
-        features[:, n_user:] = ranker.item_encoder.transform(items.to_arrow(self.item_key, item_ids))
+        features = self._features(ranker, user_id, user, item_ids, items)
         scores = ranker.session.run(["score"], {"features": features})[0]  # [C]
         top = np.argsort(-scores, kind="stable")[:k]
         if self.logger is not None and self.logger.sampled():

@@ -91,7 +91,8 @@ class ShardScorer(ShardWorker):
         model = ModelRegistry(self.config.registry).get(self.config.model, version)  # verified, cached per node
         self.label = model.label
         self.encoder = FeatureEncoder.load(model.file("encoder.json"))
-        self.session = ort_session(model.file("model.onnx"), threads=self.config.ort_threads)
+        self.session = ort_session(model.file("model.onnx"), threads=self.config.ort_threads,
+                                   gpu=self.config.actors.num_gpus > 0)
         self.columns = list(dict.fromkeys([self.config.id_column, *self.encoder.columns]))
         self._rejects: list[pa.Table] = []
 

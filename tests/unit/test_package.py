@@ -29,3 +29,14 @@ def test_import_is_cheap_and_side_effect_free(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gpu_session_on_a_cpu_only_onnxruntime_is_a_clear_error(tmp_path):
+    import onnxruntime as ort
+
+    from rayml.inference import ort_session
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(RuntimeError, match="no CUDA provider"):
+        ort_session(tmp_path / "model.onnx", gpu=True)

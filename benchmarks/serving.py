@@ -1,0 +1,114 @@
+"""Benchmark: the full recommender against a Serve echo deployment, same box, same HTTP load generator.
+
+    python benchmarks/serving.py [--seconds 8]      (after `make demo-data`)
+
+Starts a local Ray and Serve on free ports, deploys a trivial echo deployment and the recommender with the shipped
+`serve_apps/recommender.yaml` args (one replica each, the same CPU share), and drives each with the same
+asyncio + httpx load generator at concurrency 1, 8 and 32. Prints one JSON line per (target, concurrency) with
+req/s, p50, p95, p99 and errors, then the ratios the targets are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import time
+
+import numpy as np
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def drive(url: str, bodies: list[dict], concurrency: int, seconds: float) -> dict:
+    """``concurrency`` workers post bodies back to back for ``seconds`` (after a 2 s warm-up)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async def worker(index: int, until: float, record: bool) -> None:
+            nonlocal errors
+            i = index
+            while time.perf_counter() < until:
+                started = time.perf_counter()
+                response = await client.post(url, json=bodies[i % len(bodies)])
+                i += concurrency
+                if record:
+                    latencies.append(time.perf_counter() - started)
+                    errors += response.status_code != 200
+
+        warm = time.perf_counter() + 2
+        await asyncio.gather(*(worker(i, warm, False) for i in range(concurrency)))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i, started + seconds, True) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1e3
+    return {"requests": len(ms), "req_per_s": round(len(ms) / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--config", default="serve_apps/recommender.yaml")
+    args = parser.parse_args()
+
+    import pyarrow.parquet as pq
+    import ray
+    from ray import serve
+
+    from rayml.serving import RecommenderArgs
+    from rayml.serving.app import Recommender
+    from rayml.serving.config import load_serving_repo
+
+    app_args = RecommenderArgs.model_validate(yaml.safe_load(open(args.config))["applications"][0]["args"])
+    app_args = app_args.model_copy(update={"feature_log": None, "event_log": None})
+    users = pq.read_table(app_args.candidates, columns=["user_id"])["user_id"].to_numpy()
+    rng = np.random.default_rng(0)
+    rec_bodies = [{"user_id": int(u), "k": 10} for u in rng.choice(users, 2000)]
+    echo_bodies = [{"user_id": b["user_id"], "k": 10} for b in rec_bodies]
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+    class Echo:
+        async def __call__(self, request) -> dict:
+            return await request.json()
+
+    ray.init(num_cpus=2, object_store_memory=400 * 1024 * 1024, include_dashboard=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+    recommender = Recommender.options(num_replicas=1, max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5})
+    serve.run(recommender.bind(app_args.model_dump(), load_serving_repo(app_args).model_dump()),
+              name="recommender", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    results: dict[tuple[str, int], dict] = {}
+    try:
+        for concurrency in (1, 8, 32):
+            for name, url, bodies in (("echo", f"{base}/echo", echo_bodies), ("recommend", f"{base}/recommend", rec_bodies)):
+                result = asyncio.run(drive(url, bodies, concurrency, args.seconds))
+                results[(name, concurrency)] = result
+                print(json.dumps({"benchmark": "serving", "target": name, "concurrency": concurrency, **result}))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    echo, rec = (lambda c: results[("echo", c)]), (lambda c: results[("recommend", c)])
+    print(json.dumps({
+        "benchmark": "serving_ratios",
+        "req_per_s_at_32_vs_echo": round(rec(32)["req_per_s"] / echo(32)["req_per_s"], 3), "target_req_per_s": ">= 0.7",
+        "p50_at_1_vs_echo": round(rec(1)["p50_ms"] / echo(1)["p50_ms"], 3), "target_p50": "<= 1.5",
+        "p99_at_8_vs_echo": round(rec(8)["p99_ms"] / echo(8)["p99_ms"], 3), "target_p99": "<= 1.5",
+        "errors": sum(r["errors"] for r in results.values()),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import asyncio
 import json
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -70,7 +71,7 @@ def main() -> None:
     from rayml.serving.app import Recommender
     from rayml.serving.config import load_serving_repo
 
-    app_args = RecommenderArgs.model_validate(yaml.safe_load(open(args.config))["applications"][0]["args"])
+    app_args = RecommenderArgs.model_validate(yaml.safe_load(Path(args.config).read_text())["applications"][0]["args"])
     app_args = app_args.model_copy(update={"feature_log": None, "event_log": None})
     users = pq.read_table(app_args.candidates, columns=["user_id"])["user_id"].to_numpy()
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@
 
 import logging
 import math
+import threading
 import time
 from typing import Annotated
 
@@ -23,7 +24,7 @@ from rayml.features.redis_store import OnlineStoreUnavailable
 from rayml.serving import oip
 from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.config import RecommenderArgs, load_serving_repo
-from rayml.serving.recommender import RecommenderCore, UnknownUserError
+from rayml.serving.recommender import RecommenderCore, UnknownAliasError, UnknownUserError
 
 MAX_ID = 2**63 - 1  # ids are int64 everywhere
 
@@ -36,6 +37,7 @@ class RecommendRequest(BaseModel):
     user_id: int = Field(ge=0, le=MAX_ID, description="User to recommend for.")
     k: int | None = Field(None, ge=1, description="Number of items; default and maximum come from the app config.")
     explain: bool = Field(False, description="Also return the raw online features behind the answer.")
+    model_alias: str | None = Field(None, max_length=64, description="Ranker alias (e.g. canary); default: the app's.")
 
 
 class RecommendResponse(BaseModel):
@@ -133,6 +135,18 @@ class Recommender:
         ).set_default_tags(backend)
         self._errors_seen = 0
         self.latency = LatencyWindow(window_s=10.0)
+        if self.core.args.ranker_aliases and self.core.args.alias_poll_s > 0:
+            threading.Thread(target=self._poll_aliases, name="alias-poll", daemon=True).start()
+
+    def _poll_aliases(self) -> None:
+        """Follow registry alias moves (promote, rollback) without a restart or a dropped request."""
+        served: dict[str, str] = {}
+        while True:
+            time.sleep(self.core.args.alias_poll_s)
+            now = self.core.refresh_aliases()
+            if now != served:
+                logger.info("serving ranker aliases %s", now)
+                served = now
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom autoscaling metric for :class:`rayml.serving.autoscaling.LatencySLOPolicy`: recent p95 in ms."""
@@ -178,7 +192,11 @@ class Recommender:
             )
         started = time.perf_counter()
         try:
-            rec = self.core.recommend(request.user_id, k, explain=request.explain)
+            rec = self.core.recommend(request.user_id, k, explain=request.explain, alias=request.model_alias)
+        except UnknownAliasError:
+            raise HTTPException(status_code=422, detail=[
+                {"type": "unknown_alias", "loc": ["body", "model_alias"], "input": request.model_alias,
+                 "msg": f"not served; aliases: {sorted([self.core.args.ranker_alias, *self.core.aliases])}"}]) from None
         except UnknownUserError:
             raise HTTPException(status_code=404, detail=f"user_id {request.user_id} has no candidates") from None
         finally:
@@ -323,6 +341,10 @@ class Recommender:
                 "online_store": self.core.features.backend, "online_store_errors": self.core.features.errors}
         if self.core.reload_error:
             body["reload_error"] = self.core.reload_error
+        if self.core.args.ranker_aliases:
+            body["aliases"] = {alias: ranker.model_version for alias, ranker in self.core.aliases.items()}
+        if self.core.alias_errors:
+            body["alias_errors"] = dict(self.core.alias_errors)
         return body
 
 

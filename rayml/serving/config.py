@@ -18,6 +18,10 @@ class RecommenderArgs(StrictModel):
     registry: str = Field(description="Registry root directory.")
     ranker_model: str = Field("ranker", description="Registry model name of the ranker.")
     ranker_alias: str = Field("production", description="Version or alias of the ranker to serve at start.")
+    ranker_aliases: list[str] = Field(
+        [], description="More aliases served at once (e.g. canary, shadow), chosen per request by `model_alias`."
+    )
+    alias_poll_s: float = Field(5.0, ge=0, description="How often served aliases are re-resolved; 0: never.")
     retriever_model: str | None = Field(
         "retriever", description="Registry model whose user tower is served over OIP; null: not served."
     )

@@ -31,6 +31,10 @@ class UnknownUserError(KeyError):
     """The user has no batch candidates."""
 
 
+class UnknownAliasError(KeyError):
+    """A request named a model alias this app does not serve."""
+
+
 @dataclass(frozen=True)
 class Recommendation:
     user_id: int
@@ -83,6 +87,9 @@ class RecommenderCore:
         self.view_features = {v: repo.views[v].features for v in (args.user_view, args.item_view)}
         self.ranker = self._load_ranker(args.ranker_alias)
         self.reload_error: str | None = None
+        self.aliases: dict[str, LoadedRanker] = {}  # extra aliases: canary, shadow, …
+        self.alias_errors: dict[str, str] = {}
+        self.refresh_aliases()
         cands, self.cand_user_ids = _sorted_ids(
             pq.read_table(args.candidates, columns=["user_id", "items", "scores"]), "user_id"
         )
@@ -164,6 +171,29 @@ class RecommenderCore:
         self.reload_error = None
         return loaded.model_version
 
+    def refresh_aliases(self) -> dict[str, str]:
+        """Load every served alias whose registry target changed; a failing one keeps its current version.
+
+        Returns alias → served version label. Called at start and then every ``alias_poll_s`` by the app.
+        """
+        for alias in self.args.ranker_aliases:
+            try:
+                number = self.registry.metadata(self.args.ranker_model, alias)["version"]
+                current = self.aliases.get(alias)
+                if current is None or current.model_version != f"{self.args.ranker_model}:v{number}":
+                    self.aliases[alias] = self._load_ranker(str(number))  # one assignment: requests see old or new
+                self.alias_errors.pop(alias, None)
+            except Exception as exc:  # keep serving what is loaded; report it
+                self.alias_errors[alias] = str(exc)
+        return {alias: loaded.model_version for alias, loaded in self.aliases.items()}
+
+    def ranker_for(self, alias: str | None) -> LoadedRanker:
+        if alias is None or alias == self.args.ranker_alias:
+            return self.ranker
+        if alias not in self.aliases:
+            raise UnknownAliasError(alias)
+        return self.aliases[alias]
+
     def _candidates(self, user_id: int) -> int:
         pos = int(np.searchsorted(self.cand_user_ids, user_id))
         if pos >= len(self.cand_user_ids) or self.cand_user_ids[pos] != user_id:
@@ -187,11 +217,11 @@ class RecommenderCore:
             lookups[f"rt.{entity}"] = self.features.realtime(entity, ids, now)
         return lookups
 
-    def recommend(self, user_id: int, k: int, explain: bool = False) -> Recommendation:
+    def recommend(self, user_id: int, k: int, explain: bool = False, alias: str | None = None) -> Recommendation:
         """Rank the user's batch candidates on their online features and return the top ``k``."""
+        ranker = self.ranker_for(alias)  # read once: a concurrent swap cannot mix two versions in one answer
         pos = self._candidates(user_id)
         item_ids = self.cand_items[pos]  # [C]
-        ranker = self.ranker  # read once: a concurrent swap cannot mix two versions in one answer
         now = round(time.time(), 6)  # one clock reading: windows and the feature log agree (µs, as logged)
         try:
             lookups = self.lookup(user_id, item_ids, now)

@@ -1,0 +1,68 @@
+"""Several ranker aliases served at once, chosen per request, and followed live under load with no failed request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import requests
+
+from tests.integration.test_serving_swap import copy_version
+
+pytestmark = pytest.mark.integration
+
+
+def test_aliases_per_request_and_live_alias_moves_under_load(serve_url, trained, recommender_args):
+    from ray import serve
+
+    from rayml.serving.app import build_recommender
+
+    registry, _ = trained
+    first = copy_version(registry, "1", "canary A")
+    second = copy_version(registry, "1", "canary B")
+    registry.set_alias("ranker", "canary", first)
+    args = recommender_args.model_copy(update={"ranker_aliases": ["canary", "shadow"], "alias_poll_s": 0.5,
+                                               "feature_log": None, "event_log": None})
+    serve.run(build_recommender(args), name="aliases", route_prefix="/aliases")
+    base = f"{serve_url}/aliases"
+    try:
+        health = requests.get(f"{base}/healthz", timeout=10).json()
+        assert health["aliases"] == {"canary": f"ranker:v{first}"}
+        assert "shadow" in health["alias_errors"]  # not in the registry yet: reported, not fatal
+        answer = requests.post(f"{base}/recommend", json={"user_id": 3, "k": 3, "model_alias": "canary"}, timeout=10)
+        assert answer.json()["model_version"] == f"ranker:v{first}"
+        default = requests.post(f"{base}/recommend", json={"user_id": 3, "k": 3}, timeout=10).json()
+        assert default["model_version"] == "ranker:v1"
+        unknown = requests.post(f"{base}/recommend", json={"user_id": 3, "model_alias": "shadow"}, timeout=10)
+        assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "model_alias"]
+
+        statuses: Counter[int] = Counter()
+        versions: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def load(alias: str | None) -> None:
+            with requests.Session() as session:
+                while not stop.is_set():
+                    response = session.post(f"{base}/recommend", json={"user_id": 5, "k": 3, "model_alias": alias},
+                                            timeout=30)
+                    statuses[response.status_code] += 1
+                    if response.status_code == 200:
+                        versions[response.json()["model_version"]] += 1
+
+        threads = [threading.Thread(target=load, args=(alias,)) for alias in ("canary", "canary", None, None)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        registry.set_alias("ranker", "canary", second)  # what `rayml registry promote` does
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and versions[f"ranker:v{second}"] < 20:
+            time.sleep(0.2)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert set(statuses) == {200}, statuses  # zero failed requests across the move
+        assert versions[f"ranker:v{first}"] > 0 and versions[f"ranker:v{second}"] >= 20 and versions["ranker:v1"] > 0
+    finally:
+        serve.delete("aliases")

@@ -48,6 +48,7 @@ class RecommendResponse(BaseModel):
     feature_missing: int = Field(description="Entities of this request the online store did not know (defaults used).")
     degraded: bool = Field(description="True when the online store was down: batch candidates in retrieval order.")
     features: dict[str, dict[str, list]] | None = None
+    candidates: str = Field(description="batch: precomputed candidates; realtime: two-tower retrieval at request time.")
 
 
 class Event(BaseModel):
@@ -198,7 +199,11 @@ class Recommender:
                 {"type": "unknown_alias", "loc": ["body", "model_alias"], "input": request.model_alias,
                  "msg": f"not served; aliases: {sorted([self.core.args.ranker_alias, *self.core.aliases])}"}]) from None
         except UnknownUserError:
-            raise HTTPException(status_code=404, detail=f"user_id {request.user_id} has no candidates") from None
+            raise HTTPException(status_code=404, detail=f"user_id {request.user_id} is unknown") from None
+        except OnlineStoreUnavailable:
+            self._count_store_errors()
+            raise HTTPException(status_code=503, detail="online store unavailable and the user has no batch candidates",
+                                headers={"Retry-After": "1"}) from None
         finally:
             self.latency.add(time.perf_counter() - started)
         if rec.degraded:
@@ -208,7 +213,8 @@ class Recommender:
         if rec.feature_missing:
             self.feature_missing.inc(rec.feature_missing)
         return RecommendResponse(user_id=rec.user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
-                                 feature_missing=rec.feature_missing, degraded=rec.degraded, features=rec.features)
+                                 feature_missing=rec.feature_missing, degraded=rec.degraded, features=rec.features,
+                                 candidates=rec.candidates)
 
     @api.post("/events")
     def events(self, request: EventsRequest) -> EventsResponse:

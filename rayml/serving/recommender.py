@@ -44,6 +44,7 @@ class Recommendation:
     feature_missing: int = 0
     degraded: bool = False
     features: dict[str, dict[str, list]] | None = None
+    candidates: str = "batch"  # batch: precomputed by the candidate job; realtime: two-tower at request time
 
 
 def _sorted_ids(table: pa.Table, column: str) -> tuple[pa.Table, np.ndarray]:
@@ -64,10 +65,13 @@ class LoadedRanker:
 
 @dataclass(frozen=True)
 class LoadedRetriever:
-    """The retriever's user tower (encoded user features → embedding with a trailing 1)."""
+    """The retriever's user tower (encoded user features → embedding with a trailing 1) and its item table."""
 
     model_version: str
     session: ort.InferenceSession
+    user_encoder: FeatureEncoder
+    item_emb: np.ndarray  # [I, E+1], bias in the last column
+    item_ids: np.ndarray  # [I]
 
 
 class RecommenderCore:
@@ -106,7 +110,31 @@ class RecommenderCore:
         if self.args.retriever_model is None:
             return None
         version = self.registry.get(self.args.retriever_model, self.args.retriever_alias)
-        return LoadedRetriever(version.label, ort_session(version.file("user_tower.onnx"), threads=1))
+        return LoadedRetriever(
+            version.label, ort_session(version.file("user_tower.onnx"), threads=1),
+            FeatureEncoder.load(version.file("user_encoder.json")),
+            np.load(version.file("item_embeddings.npy")), np.load(version.file("item_ids.npy")),
+        )
+
+    def realtime_candidates(self, user_id: int, k: int) -> np.ndarray:
+        """Top-``k`` items by two-tower score from the user's online features: for users the batch job missed.
+
+        Raises:
+            UnknownUserError: no retriever is served, or the feature store does not know the user either.
+            OnlineStoreUnavailable: the store is down.
+        """
+        retriever = self.retriever
+        if retriever is None:
+            raise UnknownUserError(user_id)
+        user = self.features.get(self.args.user_view, np.array([user_id]))
+        if user.missing:
+            raise UnknownUserError(user_id)
+        x = retriever.user_encoder.transform(user.to_arrow(self.user_key, np.array([user_id])))
+        emb = retriever.session.run(None, {"user_features": x})[0]  # [1, E+1]
+        scores = (emb @ retriever.item_emb.T)[0]  # [I]
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        return retriever.item_ids[top[np.argsort(-scores[top], kind="stable")]]
 
     def infer(self, model: str, features: np.ndarray) -> tuple[str, np.ndarray]:
         """Run a served model on an already-encoded batch: ``ranker`` → scores [N], ``retriever`` → embeddings."""
@@ -220,12 +248,18 @@ class RecommenderCore:
     def recommend(self, user_id: int, k: int, explain: bool = False, alias: str | None = None) -> Recommendation:
         """Rank the user's batch candidates on their online features and return the top ``k``."""
         ranker = self.ranker_for(alias)  # read once: a concurrent swap cannot mix two versions in one answer
-        pos = self._candidates(user_id)
-        item_ids = self.cand_items[pos]  # [C]
         now = round(time.time(), 6)  # one clock reading: windows and the feature log agree (µs, as logged)
+        try:
+            pos: int | None = self._candidates(user_id)
+            item_ids = self.cand_items[pos]  # [C] batch candidates
+        except UnknownUserError:  # e.g. a user newer than the batch job: retrieve in real time
+            pos = None
+            item_ids = self.realtime_candidates(user_id, self.cand_items.shape[1])
         try:
             lookups = self.lookup(user_id, item_ids, now)
         except OnlineStoreUnavailable:
+            if pos is None:
+                raise
             top = np.arange(min(k, len(item_ids)))  # batch-only: the retriever's precomputed order
             return Recommendation(user_id, item_ids[top].tolist(), self.cand_scores[pos, top].astype(float).tolist(),
                                   ranker.model_version, degraded=True)
@@ -243,6 +277,7 @@ class RecommenderCore:
             model_version=ranker.model_version,
             feature_missing=user.missing + items.missing,
             features=_explain(lookups, top) if explain else None,
+            candidates="batch" if pos is not None else "realtime",
         )
 
     def ingest(self, events: Events) -> None:

@@ -23,7 +23,9 @@ def test_recommend_answers_with_ranked_candidates(serve_url, candidates):
     response = post(serve_url, {"user_id": 7, "k": 5})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"user_id", "items", "scores", "model_version", "feature_missing", "degraded", "features"}
+    assert set(body) == {"user_id", "items", "scores", "model_version", "feature_missing", "degraded", "features",
+                         "candidates"}
+    assert body["candidates"] == "batch"
     assert body["user_id"] == 7 and body["model_version"] == "ranker:v1"
     assert body["feature_missing"] == 0 and body["degraded"] is False and body["features"] is None
     assert len(body["items"]) == len(set(body["items"])) == 5
@@ -88,4 +90,4 @@ def test_malformed_json_is_4xx_not_5xx(serve_url, raw):
 def test_unknown_user_is_404_with_json_error(serve_url, tiny_world):
     response = post(serve_url, {"user_id": tiny_world.n_users + 10})
     assert response.status_code == 404
-    assert response.json() == {"detail": f"user_id {tiny_world.n_users + 10} has no candidates"}
+    assert response.json() == {"detail": f"user_id {tiny_world.n_users + 10} is unknown"}

@@ -114,3 +114,17 @@ def test_skew_cli_names_a_missing_log(recommender_args, tmp_path):
     result = CliRunner().invoke(app, ["features", "skew", "--repo", recommender_args.features, "--log",
                                       str(tmp_path / "nope")])
     assert result.exit_code == 2 and f"--log {tmp_path / 'nope'} does not exist" in result.output
+
+
+def test_a_user_missing_from_batch_candidates_gets_realtime_two_tower_candidates(recommender_args, tmp_path):
+    """The fallback retrieves what the batch job would have: same retriever, same features."""
+    cands = pq.read_table(recommender_args.candidates)
+    pq.write_table(cands.filter(pc.not_equal(cands["user_id"], 9)), tmp_path / "part-0.parquet")
+    args = recommender_args.model_copy(update={"candidates": str(tmp_path), "feature_log": None, "event_log": None})
+    core = RecommenderCore(args, load_serving_repo(args))
+    rec = core.recommend(9, 5)
+    assert rec.candidates == "realtime" and len(rec.items) == 5
+    batch = RecommenderCore(recommender_args.model_copy(update={"feature_log": None, "event_log": None}),
+                            load_serving_repo(args)).recommend(9, 5)
+    assert batch.candidates == "batch" and rec.items == batch.items
+    np.testing.assert_allclose(rec.scores, batch.scores, rtol=1e-6)

@@ -2,11 +2,12 @@
 
 # No `from __future__ import annotations`: FastAPI must see the real request-model classes.
 
+import asyncio
 import logging
 import math
 import threading
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -24,7 +25,13 @@ from rayml.features.redis_store import OnlineStoreUnavailable
 from rayml.serving import oip
 from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.config import RecommenderArgs, load_serving_repo
-from rayml.serving.recommender import RecommenderCore, UnknownAliasError, UnknownUserError
+from rayml.serving.recommender import (
+    Recommendation,
+    RecommendCall,
+    RecommenderCore,
+    UnknownAliasError,
+    UnknownUserError,
+)
 
 MAX_ID = 2**63 - 1  # ids are int64 everywhere
 
@@ -164,14 +171,25 @@ class Recommender:
             self._errors_seen = errors
 
     def reconfigure(self, config: dict) -> None:
-        """Live `user_config`: ``{"ranker_alias": "canary"}`` swaps the ranker without a restart.
+        """Live `user_config`, applied without a restart.
 
-        A version that fails to load (missing, corrupt, failed parity) is refused: the current ranker keeps
-        serving and ``/healthz`` reports the error.
+        - ``ranker_alias``: swap the default ranker. A version that fails to load (missing, corrupt, failed
+          parity) is refused: the current ranker keeps serving and ``/healthz`` reports the error.
+        - ``max_batch_size`` / ``batch_wait_timeout_s``: tune the dynamic batching of ranker calls.
         """
-        unknown = set(config) - {"ranker_alias"}
+        allowed = {"ranker_alias", "max_batch_size", "batch_wait_timeout_s"}
+        unknown = set(config) - allowed
         if unknown:
-            raise ValueError(f"user_config: unknown keys {sorted(unknown)}; allowed: ranker_alias")
+            raise ValueError(f"user_config: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        size, wait = config.get("max_batch_size"), config.get("batch_wait_timeout_s")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= self.MAX_BATCH:
+                raise ValueError(f"user_config.max_batch_size: {size!r} is not an int in 1..{self.MAX_BATCH}")
+            self._batcher.set_max_batch_size(size)
+        if wait is not None:
+            if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 1:
+                raise ValueError(f"user_config.batch_wait_timeout_s: {wait!r} is not a number in [0, 1]")
+            self._batcher.set_batch_wait_timeout_s(float(wait))
         ref = config.get("ranker_alias")
         if ref is None:
             return
@@ -181,9 +199,25 @@ class Recommender:
         except Exception:
             logger.exception("ranker %r refused; still serving %s", ref, self.core.model_version)
 
-    # Plain `def`: FastAPI runs it in a thread pool, so numpy/ONNX work never blocks the replica's event loop.
+    MAX_BATCH = 64
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)
+    async def _recommend_batch(self, calls: list[RecommendCall]) -> list[Recommendation | Exception]:
+        """Concurrent requests share one ONNX call per ranker; the work runs off the event loop."""
+        return await asyncio.to_thread(self.core.recommend_many, calls)
+
+    @property
+    def _batcher(self) -> Any:
+        """The @serve.batch wrapper, whose setters and getters Serve attaches at run time."""
+        return self._recommend_batch
+
+    def batching(self) -> dict[str, float]:
+        return {"max_batch_size": self._batcher._get_max_batch_size(),
+                "batch_wait_timeout_s": self._batcher._get_batch_wait_timeout_s(),
+                "largest_batch": self.core.largest_batch}
+
     @api.post("/recommend")
-    def recommend(self, request: RecommendRequest) -> RecommendResponse:
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         k = request.k or self.core.args.default_k
         if k > self.core.args.max_k:
             raise HTTPException(
@@ -193,7 +227,10 @@ class Recommender:
             )
         started = time.perf_counter()
         try:
-            rec = self.core.recommend(request.user_id, k, explain=request.explain, alias=request.model_alias)
+            result = await self._recommend_batch(RecommendCall(request.user_id, k, request.explain, request.model_alias))
+            if isinstance(result, Exception):
+                raise result
+            rec = result
         except UnknownAliasError:
             raise HTTPException(status_code=422, detail=[
                 {"type": "unknown_alias", "loc": ["body", "model_alias"], "input": request.model_alias,
@@ -344,7 +381,8 @@ class Recommender:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         body = {"status": "ok", "model_version": self.core.model_version, "artifact": self.core.ranker.artifact,
-                "online_store": self.core.features.backend, "online_store_errors": self.core.features.errors}
+                "online_store": self.core.features.backend, "online_store_errors": self.core.features.errors,
+                "batching": self.batching()}
         if self.core.reload_error:
             body["reload_error"] = self.core.reload_error
         if self.core.args.ranker_aliases:

@@ -64,6 +64,28 @@ class LoadedRanker:
 
 
 @dataclass(frozen=True)
+class RecommendCall:
+    user_id: int
+    k: int
+    explain: bool = False
+    alias: str | None = None
+
+
+@dataclass
+class _Prepared:
+    """A request between feature lookup and scoring."""
+
+    call: RecommendCall
+    ranker: LoadedRanker
+    now: float
+    pos: int | None  # row in the batch candidates; None: real-time candidates
+    item_ids: np.ndarray
+    lookups: dict[str, Lookup]
+    features: np.ndarray
+    scores: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class LoadedRetriever:
     """The retriever's user tower (encoded user features → embedding with a trailing 1) and its item table."""
 
@@ -91,6 +113,7 @@ class RecommenderCore:
         self.view_features = {v: repo.views[v].features for v in (args.user_view, args.item_view)}
         self.ranker = self._load_ranker(args.ranker_alias)
         self.reload_error: str | None = None
+        self.largest_batch = 0  # most requests answered by one recommend_many call (dynamic batching)
         self.aliases: dict[str, LoadedRanker] = {}  # extra aliases: canary, shadow, …
         self.alias_errors: dict[str, str] = {}
         self.refresh_aliases()
@@ -246,38 +269,74 @@ class RecommenderCore:
         return lookups
 
     def recommend(self, user_id: int, k: int, explain: bool = False, alias: str | None = None) -> Recommendation:
-        """Rank the user's batch candidates on their online features and return the top ``k``."""
-        ranker = self.ranker_for(alias)  # read once: a concurrent swap cannot mix two versions in one answer
+        """Rank the user's candidates on their online features and return the top ``k``."""
+        result = self.recommend_many([RecommendCall(user_id, k, explain, alias)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def recommend_many(self, calls: list[RecommendCall]) -> list[Recommendation | Exception]:
+        """Answer several requests with one ONNX call per ranker version (dynamic batching across requests).
+
+        Each answer is what :meth:`recommend` would give alone; a request's error is returned in its place.
+        """
+        self.largest_batch = max(self.largest_batch, len(calls))
+        prepared: list[_Prepared | Recommendation | Exception] = []
+        for call in calls:
+            try:
+                prepared.append(self._prepare(call))
+            except Exception as exc:  # one request's error must not fail its batch-mates
+                prepared.append(exc)
+        groups: dict[int, list[_Prepared]] = {}
+        for item in prepared:
+            if isinstance(item, _Prepared):
+                groups.setdefault(id(item.ranker), []).append(item)
+        for group in groups.values():
+            features = np.concatenate([p.features for p in group]) if len(group) > 1 else group[0].features
+            scores = group[0].ranker.session.run(["score"], {"features": features})[0]
+            offset = 0
+            for p in group:
+                p.scores = scores[offset : offset + len(p.item_ids)]
+                offset += len(p.item_ids)
+        return [self._finish(item) if isinstance(item, _Prepared) else item for item in prepared]
+
+    def _prepare(self, call: RecommendCall) -> _Prepared | Recommendation:
+        ranker = self.ranker_for(call.alias)  # read once: a concurrent swap cannot mix two versions in one answer
         now = round(time.time(), 6)  # one clock reading: windows and the feature log agree (µs, as logged)
         try:
-            pos: int | None = self._candidates(user_id)
+            pos: int | None = self._candidates(call.user_id)
             item_ids = self.cand_items[pos]  # [C] batch candidates
         except UnknownUserError:  # e.g. a user newer than the batch job: retrieve in real time
             pos = None
-            item_ids = self.realtime_candidates(user_id, self.cand_items.shape[1])
+            item_ids = self.realtime_candidates(call.user_id, self.cand_items.shape[1])
         try:
-            lookups = self.lookup(user_id, item_ids, now)
+            lookups = self.lookup(call.user_id, item_ids, now)
         except OnlineStoreUnavailable:
             if pos is None:
                 raise
-            top = np.arange(min(k, len(item_ids)))  # batch-only: the retriever's precomputed order
-            return Recommendation(user_id, item_ids[top].tolist(), self.cand_scores[pos, top].astype(float).tolist(),
-                                  ranker.model_version, degraded=True)
+            top = np.arange(min(call.k, len(item_ids)))  # batch-only: the retriever's precomputed order
+            return Recommendation(call.user_id, item_ids[top].tolist(),
+                                  self.cand_scores[pos, top].astype(float).tolist(), ranker.model_version,
+                                  degraded=True)
         user, items = lookups[self.args.user_view], lookups[self.args.item_view]
-        features = self._features(ranker, user_id, user, item_ids, items)
-        scores = ranker.session.run(["score"], {"features": features})[0]  # [C]
-        top = np.argsort(-scores, kind="stable")[:k]
+        features = self._features(ranker, call.user_id, user, item_ids, items)
+        return _Prepared(call, ranker, now, pos, item_ids, lookups, features)
+
+    def _finish(self, p: _Prepared) -> Recommendation:
+        assert p.scores is not None
+        top = np.argsort(-p.scores, kind="stable")[: p.call.k]
         if self.logger is not None and self.logger.sampled():
-            self.logger.log(now, {self.user_key: np.full(len(item_ids), user_id), self.item_key: item_ids},
-                            lookups)
+            self.logger.log(p.now, {self.user_key: np.full(len(p.item_ids), p.call.user_id), self.item_key: p.item_ids},
+                            p.lookups)
+        user, items = p.lookups[self.args.user_view], p.lookups[self.args.item_view]
         return Recommendation(
-            user_id=user_id,
-            items=item_ids[top].tolist(),
-            scores=scores[top].astype(float).tolist(),
-            model_version=ranker.model_version,
+            user_id=p.call.user_id,
+            items=p.item_ids[top].tolist(),
+            scores=p.scores[top].astype(float).tolist(),
+            model_version=p.ranker.model_version,
             feature_missing=user.missing + items.missing,
-            features=_explain(lookups, top) if explain else None,
-            candidates="batch" if pos is not None else "realtime",
+            features=_explain(p.lookups, top) if p.call.explain else None,
+            candidates="batch" if p.pos is not None else "realtime",
         )
 
     def ingest(self, events: Events) -> None:

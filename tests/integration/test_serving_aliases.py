@@ -66,3 +66,35 @@ def test_aliases_per_request_and_live_alias_moves_under_load(serve_url, trained,
         assert versions[f"ranker:v{first}"] > 0 and versions[f"ranker:v{second}"] >= 20 and versions["ranker:v1"] > 0
     finally:
         serve.delete("aliases")
+
+
+def test_dynamic_batching_is_tuned_live_and_batches_concurrent_requests(serve_url, recommender_args):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from rayml.serving.app import Recommender
+    from rayml.serving.config import load_serving_repo
+
+    args = recommender_args.model_copy(update={"feature_log": None, "event_log": None})
+
+    def deploy(user_config: dict) -> None:
+        app = Recommender.options(user_config=user_config).bind(args.model_dump(), load_serving_repo(args).model_dump())
+        serve.run(app, name="batching", route_prefix="/batching")
+
+    base = f"{serve_url}/batching"
+    try:
+        deploy({"max_batch_size": 16, "batch_wait_timeout_s": 0.05})
+        batching = requests.get(f"{base}/healthz", timeout=10).json()["batching"]
+        assert (batching["max_batch_size"], batching["batch_wait_timeout_s"]) == (16, 0.05)
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda u: requests.post(f"{base}/recommend", json={"user_id": u, "k": 3}, timeout=30),
+                                    range(32)))
+        assert all(a.status_code == 200 for a in answers)
+        assert [a.json()["user_id"] for a in answers] == list(range(32))  # each request gets its own answer
+        assert requests.get(f"{base}/healthz", timeout=10).json()["batching"]["largest_batch"] > 1
+        deploy({"max_batch_size": 2, "batch_wait_timeout_s": 0.0})  # a new user_config: applied by reconfigure()
+        batching = requests.get(f"{base}/healthz", timeout=10).json()["batching"]
+        assert (batching["max_batch_size"], batching["batch_wait_timeout_s"]) == (2, 0.0)
+    finally:
+        serve.delete("batching")

@@ -40,8 +40,10 @@ def test_recommend_answers_with_ranked_candidates(serve_url, candidates):
 def test_healthz(serve_url):
     response = requests.get(f"{serve_url}/healthz", timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model_version": "ranker:v1", "artifact": "model.onnx",
-                               "online_store": "embedded", "online_store_errors": 0}
+    body = response.json()
+    assert body.pop("batching").keys() == {"max_batch_size", "batch_wait_timeout_s", "largest_batch"}
+    assert body == {"status": "ok", "model_version": "ranker:v1", "artifact": "model.onnx",
+                    "online_store": "embedded", "online_store_errors": 0}
 
 
 def test_served_quality_beats_random(serve_url, tiny_world):

@@ -201,7 +201,7 @@ class Recommender:
 
     MAX_BATCH = 64
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # no wait: batches form from what queued meanwhile
     async def _recommend_batch(self, calls: list[RecommendCall]) -> list[Recommendation | Exception]:
         """Concurrent requests share one ONNX call per ranker; the work runs off the event loop."""
         return await asyncio.to_thread(self.core.recommend_many, calls)

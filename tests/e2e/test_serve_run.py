@@ -87,6 +87,31 @@ def cli_process(cmd: list[str], cwd: Path, log_path: Path) -> Iterator[tuple[sub
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def check_every_endpoint(base: str, recommendation: dict) -> None:
+    """Each endpoint of the shipped app answers over real HTTP."""
+    def ok(method: str, path: str, body=None) -> dict:
+        response = requests.request(method, f"{base}{path}", json=body, timeout=30)
+        assert response.status_code == 200, (path, response.status_code, response.text[:300])
+        return response.json()
+
+    assert ok("GET", "/healthz")["status"] == "ok"
+    assert ok("GET", "/readyz")["ready"] is True
+    assert "/recommend" in ok("GET", "/openapi.json")["paths"]
+    scores = ok("POST", "/score", {"user_id": 3, "item_ids": recommendation["items"]})["scores"]
+    assert len(scores) == 4
+    assert ok("POST", "/events", {"events": [{"user_id": 3, "item_id": recommendation["items"][0], "clicked": True}]})
+    assert ok("GET", "/v2")["name"] == "rayml" and ok("GET", "/v2/health/live")["live"] is True
+    assert ok("GET", "/v2/health/ready")["ready"] is True
+    for model in ("ranker", "retriever"):
+        meta = ok("GET", f"/v2/models/{model}")
+        assert ok("GET", f"/v2/models/{model}/ready")["ready"] is True
+        spec = meta["inputs"][0]
+        width = spec["shape"][1]
+        out = ok("POST", f"/v2/models/{model}/versions/{meta['versions'][0]}/infer", {"inputs": [
+            {"name": spec["name"], "datatype": "FP32", "shape": [2, width], "data": [0.0] * (2 * width)}]})
+        assert out["outputs"][0]["shape"][0] == 2
+
+
 def test_serve_run_answers_and_stops_cleanly(demo_layout, tmp_path):
     """`serve run` resolves the YAML's relative paths against its working directory, like `make demo`."""
     config_path, port = shipped_config_on_free_ports(tmp_path)
@@ -94,6 +119,7 @@ def test_serve_run_answers_and_stops_cleanly(demo_layout, tmp_path):
     with cli_process(cmd, demo_layout, tmp_path / "serve.log") as (process, ray_tmp):
         body = wait_for_recommendation(port, process)
         assert body["user_id"] == 3 and len(body["items"]) == 4 and body["model_version"] == "ranker:v1"
+        check_every_endpoint(f"http://127.0.0.1:{port}", body)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         process.wait(timeout=60)
         assert "Got KeyboardInterrupt, shutting down" in (tmp_path / "serve.log").read_text()

@@ -49,9 +49,11 @@ bench: install redis-server ## Benchmarks; each prints one JSON line per measure
 	$(BIN)/python benchmarks/feature_store.py --redis-port $$port; status=$$?; kill $$rpid; exit $$status
 	$(BIN)/python benchmarks/world_build.py
 	$(BIN)/python benchmarks/batch_scoring.py
+	$(BIN)/python benchmarks/candidate_generation.py
 	$(MAKE) demo-data
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/distillation.py
+	$(BIN)/python benchmarks/serving.py
 
 clean: ## Remove demo data (keeps .venv).
 	rm -rf $(DEMO)

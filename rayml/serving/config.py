@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from rayml.config import ConfigError, StrictModel
 from rayml.features.definitions import FeatureRepo, load_feature_repo
 from rayml.features.feature_log import FeatureLogConfig
+from rayml.serving.filters import PostFilters
 
 
 class RecommenderArgs(StrictModel):
@@ -36,6 +37,7 @@ class RecommenderArgs(StrictModel):
     item_view: str = Field("item_catalog", description="Feature view of the ranker's item features.")
     event_log: str | None = Field(None, description="Where POST /events appends ingested events; null: not kept.")
     feature_log: FeatureLogConfig | None = Field(None, description="Sampled log of served features (skew check).")
+    filters: PostFilters = Field(PostFilters(), description="Business rules applied after ranking.")
     default_k: int = Field(10, ge=1, le=10_000, description="k when a request omits it.")
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
 
@@ -67,4 +69,8 @@ def load_serving_repo(args: RecommenderArgs) -> FeatureRepo:
         view = getattr(args, field)
         if view not in repo.views:
             raise ConfigError(f"{args.features}: no view {view!r} (args.{field}); views: {sorted(repo.views)}")
+    rules = args.filters
+    if rules.max_per_category is not None and rules.category_feature not in repo.views[args.item_view].features:
+        raise ConfigError(f"args.filters.category_feature: view {args.item_view!r} of {args.features} has no feature "
+                          f"{rules.category_feature!r}")
     return repo

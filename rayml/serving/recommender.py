@@ -25,6 +25,7 @@ from rayml.features.service import OnlineFeatures
 from rayml.inference import ort_session
 from rayml.registry import ModelRegistry, RegistryError
 from rayml.serving.config import RecommenderArgs
+from rayml.serving.filters import pick
 
 
 class UnknownUserError(KeyError):
@@ -324,7 +325,10 @@ class RecommenderCore:
 
     def _finish(self, p: _Prepared) -> Recommendation:
         assert p.scores is not None
-        top = np.argsort(-p.scores, kind="stable")[: p.call.k]
+        order = np.argsort(-p.scores, kind="stable")
+        items_lookup = p.lookups[self.args.item_view]
+        categories = items_lookup.columns.get(self.args.filters.category_feature)
+        top = pick(order, p.item_ids, categories, p.call.k, self.args.filters)
         if self.logger is not None and self.logger.sampled():
             self.logger.log(p.now, {self.user_key: np.full(len(p.item_ids), p.call.user_id), self.item_key: p.item_ids},
                             p.lookups)

@@ -128,3 +128,15 @@ def test_a_user_missing_from_batch_candidates_gets_realtime_two_tower_candidates
                             load_serving_repo(args)).recommend(9, 5)
     assert batch.candidates == "batch" and rec.items == batch.items
     np.testing.assert_allclose(rec.scores, batch.scores, rtol=1e-6)
+
+
+def test_post_filters_exclude_items_and_cap_categories(recommender_args):
+    base = recommender_args.model_copy(update={"feature_log": None, "event_log": None})
+    plain = RecommenderCore(base, load_serving_repo(base)).recommend(3, 10, explain=True)
+    rules = {"exclude_items": plain.items[:2], "max_per_category": 1}
+    args = base.model_copy(update={"filters": base.filters.model_validate(rules)})
+    rec = RecommenderCore(args, load_serving_repo(args)).recommend(3, 10, explain=True)
+    assert not set(rec.items) & set(plain.items[:2])
+    categories = rec.features["item_catalog"]["category"]
+    assert len(categories) == len(set(categories)) == len(rec.items) > 0
+    assert rec.scores == sorted(rec.scores, reverse=True)

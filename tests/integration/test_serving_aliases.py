@@ -1,4 +1,7 @@
-"""Several ranker aliases served at once, chosen per request, and followed live under load with no failed request."""
+"""Several ranker aliases served at once, chosen per request, and followed live under load with no failed request.
+
+Alias names here are the test's own (beta, gamma): the session registry is shared with the CLI tests.
+"""
 
 from __future__ import annotations
 
@@ -22,20 +25,20 @@ def test_aliases_per_request_and_live_alias_moves_under_load(serve_url, trained,
     registry, _ = trained
     first = copy_version(registry, "1", "canary A")
     second = copy_version(registry, "1", "canary B")
-    registry.set_alias("ranker", "canary", first)
-    args = recommender_args.model_copy(update={"ranker_aliases": ["canary", "shadow"], "alias_poll_s": 0.5,
+    registry.set_alias("ranker", "beta", first)
+    args = recommender_args.model_copy(update={"ranker_aliases": ["beta", "gamma"], "alias_poll_s": 0.5,
                                                "feature_log": None, "event_log": None})
     serve.run(build_recommender(args), name="aliases", route_prefix="/aliases")
     base = f"{serve_url}/aliases"
     try:
         health = requests.get(f"{base}/healthz", timeout=10).json()
-        assert health["aliases"] == {"canary": f"ranker:v{first}"}
-        assert "shadow" in health["alias_errors"]  # not in the registry yet: reported, not fatal
-        answer = requests.post(f"{base}/recommend", json={"user_id": 3, "k": 3, "model_alias": "canary"}, timeout=10)
+        assert health["aliases"] == {"beta": f"ranker:v{first}"}
+        assert "gamma" in health["alias_errors"]  # not in the registry yet: reported, not fatal
+        answer = requests.post(f"{base}/recommend", json={"user_id": 3, "k": 3, "model_alias": "beta"}, timeout=10)
         assert answer.json()["model_version"] == f"ranker:v{first}"
         default = requests.post(f"{base}/recommend", json={"user_id": 3, "k": 3}, timeout=10).json()
         assert default["model_version"] == "ranker:v1"
-        unknown = requests.post(f"{base}/recommend", json={"user_id": 3, "model_alias": "shadow"}, timeout=10)
+        unknown = requests.post(f"{base}/recommend", json={"user_id": 3, "model_alias": "gamma"}, timeout=10)
         assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "model_alias"]
 
         statuses: Counter[int] = Counter()
@@ -51,11 +54,11 @@ def test_aliases_per_request_and_live_alias_moves_under_load(serve_url, trained,
                     if response.status_code == 200:
                         versions[response.json()["model_version"]] += 1
 
-        threads = [threading.Thread(target=load, args=(alias,)) for alias in ("canary", "canary", None, None)]
+        threads = [threading.Thread(target=load, args=(alias,)) for alias in ("beta", "beta", None, None)]
         for thread in threads:
             thread.start()
         time.sleep(1.5)
-        registry.set_alias("ranker", "canary", second)  # what `rayml registry promote` does
+        registry.set_alias("ranker", "beta", second)  # what `rayml registry promote` does
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and versions[f"ranker:v{second}"] < 20:
             time.sleep(0.2)

@@ -16,7 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayml.batch.config import CandidateJobConfig
-from rayml.batch.shards import Shard, ShardWorker, refuse_relative_paths_in_job
+from rayml.batch.shards import (
+    LOCAL,
+    Shard,
+    ShardWorker,
+    committed_outputs,
+    list_shards,
+    refuse_relative_paths_in_job,
+    run_sharded,
+)
 from rayml.config import init_ray
 from rayml.features import FeatureEncoder, resolve_snapshot
 from rayml.inference import ort_session
@@ -120,8 +128,6 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
     result. When ``output`` already holds candidates from the same model version and users path, it is reused
     unless ``force``.
     """
-    from rayml.batch.shards import LOCAL, committed_outputs, list_shards, run_sharded
-
     refuse_relative_paths_in_job({k: getattr(config, k) for k in ("users", "registry", "output")})
     version = ModelRegistry(config.registry).get(config.model, config.alias)
     users = resolve_snapshot(config.users)

@@ -163,6 +163,11 @@ class Recommender:
         if hasattr(self, "core"):  # not when __init__ failed
             self.core.close()  # flush the served-feature log on graceful shutdown
 
+    def _store_down(self, detail: str) -> HTTPException:
+        """The 503 a request gets while the online store is down (counted; clients retry after a second)."""
+        self._count_store_errors()
+        return HTTPException(status_code=503, detail=detail, headers={"Retry-After": "1"})
+
     def _count_store_errors(self) -> None:
         errors = self.core.features.errors
         if errors > self._errors_seen:
@@ -241,9 +246,7 @@ class Recommender:
         except UnknownUserError:
             raise HTTPException(status_code=404, detail=f"user_id {request.user_id} is unknown") from None
         except OnlineStoreUnavailable:
-            self._count_store_errors()
-            raise HTTPException(status_code=503, detail="online store unavailable and the user has no batch candidates",
-                                headers={"Retry-After": "1"}) from None
+            raise self._store_down("online store unavailable and the user has no batch candidates") from None
         finally:
             self.latency.add(time.perf_counter() - started)
         if rec.degraded:
@@ -279,9 +282,7 @@ class Recommender:
         except LookupError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
         except OnlineStoreUnavailable as exc:
-            self._count_store_errors()
-            raise HTTPException(status_code=503, detail=f"online store unavailable: {exc}",
-                                headers={"Retry-After": "1"}) from None
+            raise self._store_down(f"online store unavailable: {exc}") from None
         return EventsResponse(accepted=len(events))
 
     @api.post("/score")
@@ -289,9 +290,7 @@ class Recommender:
         try:
             rec = self.core.score(request.user_id, np.asarray(request.item_ids, np.int64))
         except OnlineStoreUnavailable as exc:
-            self._count_store_errors()
-            raise HTTPException(status_code=503, detail=f"online store unavailable: {exc}",
-                                headers={"Retry-After": "1"}) from None
+            raise self._store_down(f"online store unavailable: {exc}") from None
         return ScoreResponse(user_id=rec.user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
                              feature_missing=rec.feature_missing)
 

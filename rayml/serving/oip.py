@@ -80,7 +80,7 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorSpec]
 
 
-def _flatten(data: list[Any], where: str) -> list[Any]:
+def _flatten(data: list[Any]) -> list[Any]:
     flat: list[Any] = []
     stack = [data]
     while stack:
@@ -104,7 +104,7 @@ def decode(tensor: RequestInput, index: int, spec: TensorSpec) -> np.ndarray:
     for axis, (given, wanted) in enumerate(zip(tensor.shape, spec.shape, strict=True)):
         if given < 0 or (wanted >= 0 and given != wanted):
             raise TensorError(f"{where}.shape[{axis}]: {given} given, the model takes {spec.shape}")
-    flat = _flatten(tensor.data, where)
+    flat = _flatten(tensor.data)
     expected = math.prod(tensor.shape)
     if len(flat) != expected:
         raise TensorError(f"{where}.data: {len(flat)} values for shape {tensor.shape} (needs {expected})")

@@ -83,6 +83,7 @@ class _Prepared:
     item_ids: np.ndarray
     lookups: dict[str, Lookup]
     features: np.ndarray
+    logged: bool  # sampled for the served-feature log
     scores: np.ndarray | None = None
 
 
@@ -172,7 +173,7 @@ class RecommenderCore:
     def score(self, user_id: int, item_ids: np.ndarray) -> Recommendation:
         """Score given items for a user on their online features (any items, not only the user's candidates)."""
         ranker = self.ranker
-        lookups = self.lookup(user_id, item_ids, round(time.time(), 6))
+        lookups = self.lookup(user_id, item_ids, round(time.time(), 6), realtime=False)
         user, items = lookups[self.args.user_view], lookups[self.args.item_view]
         scores = ranker.session.run(["score"], {"features": self._features(ranker, user_id, user, item_ids, items)})[0]
         return Recommendation(user_id, item_ids.tolist(), scores.astype(float).tolist(), ranker.model_version,
@@ -252,8 +253,9 @@ class RecommenderCore:
             raise UnknownUserError(user_id)
         return pos
 
-    def lookup(self, user_id: int, item_ids: np.ndarray, now: float) -> dict[str, Lookup]:
-        """Every online feature of one request: the user's and the items' batch views and real-time windows.
+    def lookup(self, user_id: int, item_ids: np.ndarray, now: float, realtime: bool = True) -> dict[str, Lookup]:
+        """The online features of one request: the user's and the items' batch views, and with ``realtime`` their
+        real-time windows (the ranker does not read those yet: they are fetched for the feature log and explain).
 
         Raises:
             OnlineStoreUnavailable: the store is down.
@@ -262,8 +264,8 @@ class RecommenderCore:
             self.args.user_view: self.features.get(self.args.user_view, np.array([user_id])),
             self.args.item_view: self.features.get(self.args.item_view, item_ids),
         }
-        realtime = self.features.repo.realtime
-        for entity in realtime.entities if realtime else []:
+        windows = self.features.repo.realtime
+        for entity in windows.entities if windows and realtime else []:
             key = self.features.repo.entities[entity].key
             ids = np.array([user_id]) if key == self.user_key else item_ids
             lookups[f"rt.{entity}"] = self.features.realtime(entity, ids, now)
@@ -311,7 +313,8 @@ class RecommenderCore:
             pos = None
             item_ids = self.realtime_candidates(call.user_id, self.cand_items.shape[1])
         try:
-            lookups = self.lookup(call.user_id, item_ids, now)
+            logged = self.logger is not None and self.logger.sampled()
+            lookups = self.lookup(call.user_id, item_ids, now, realtime=logged or call.explain)
         except OnlineStoreUnavailable:
             if pos is None:
                 raise
@@ -321,7 +324,7 @@ class RecommenderCore:
                                   degraded=True)
         user, items = lookups[self.args.user_view], lookups[self.args.item_view]
         features = self._features(ranker, call.user_id, user, item_ids, items)
-        return _Prepared(call, ranker, now, pos, item_ids, lookups, features)
+        return _Prepared(call, ranker, now, pos, item_ids, lookups, features, logged)
 
     def _finish(self, p: _Prepared) -> Recommendation:
         assert p.scores is not None
@@ -329,7 +332,7 @@ class RecommenderCore:
         items_lookup = p.lookups[self.args.item_view]
         categories = items_lookup.columns.get(self.args.filters.category_feature)
         top = pick(order, p.item_ids, categories, p.call.k, self.args.filters)
-        if self.logger is not None and self.logger.sampled():
+        if p.logged and self.logger is not None:
             self.logger.log(p.now, {self.user_key: np.full(len(p.item_ids), p.call.user_id), self.item_key: p.item_ids},
                             p.lookups)
         user, items = p.lookups[self.args.user_view], p.lookups[self.args.item_view]

@@ -16,6 +16,7 @@ import yaml
 
 from rayml.monitoring import ndcg_at_k
 from rayml.serving import RecommenderArgs, RecommenderCore
+from rayml.serving.config import load_serving_repo
 from rayml.world import World
 
 
@@ -26,15 +27,17 @@ def main() -> None:
     parser.add_argument("--world", default=".rayml/demo/world")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
-    app_args = yaml.safe_load(Path(args.serve_yaml).read_text())["applications"][0]["args"]
-    core = RecommenderCore(RecommenderArgs.model_validate(app_args))
+    app_args = RecommenderArgs.model_validate(yaml.safe_load(Path(args.serve_yaml).read_text())["applications"][0]["args"])
+    app_args = app_args.model_copy(update={"feature_log": None, "event_log": None})
+    core = RecommenderCore(app_args, load_serving_repo(app_args))
     world = World(args.world)
     users = np.random.default_rng(0).choice(world.n_users, args.users, replace=False)
     truth = world.relevance(users, np.arange(world.n_items))  # [U, I] true click probabilities
     served = np.array([core.recommend(int(u), args.k).items for u in users])
     rng = np.random.default_rng(1)
     random_items = np.stack([rng.choice(world.n_items, args.k, replace=False) for _ in users])
-    candidates_only = core.item_ids[core.cand_rows[np.searchsorted(core.cand_user_ids, users)][:, : args.k]]
+    retrieval = core.retrieval
+    candidates_only = retrieval.items[np.searchsorted(retrieval.user_ids, users)][:, : args.k]  # retriever's order
     result = {
         "benchmark": "quality", "users": args.users, "k": args.k, "model_version": core.model_version,
         "ndcg_served": ndcg_at_k(np.take_along_axis(truth, served, 1), truth, args.k).mean(),

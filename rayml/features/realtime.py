@@ -11,6 +11,10 @@ One definition (:class:`RealtimeConfig`) drives three implementations that must 
 Windows are bucketed: an event at time ``ts`` falls in bucket ``floor(ts / bucket_s)``; the window ``W`` at time
 ``now`` counts the ``W / bucket_s`` buckets ending with ``now``'s bucket. So a window's edge has bucket
 resolution, and online and offline counts are equal for the same events and the same ``now``.
+
+Both stores also keep each user's recent clicks (:func:`offline_recent_clicks` is their offline counterpart):
+the last ``recent_clicks`` distinct items the user clicked, newest first by event time, so serving can filter
+them out. They are kept whenever ``recent_clicks > 0``, whether or not ``user`` is a real-time entity.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class RealtimeConfig(StrictModel):
         {"5m": 300, "1h": 3600}, min_length=1, description="Window name → length in seconds (a multiple of bucket_s)."
     )
     max_future_s: float = Field(60, ge=0, description="Events stamped later than now + this are refused (clock skew).")
+    recent_clicks: int = Field(
+        50, ge=0, le=10_000, description="Last N clicked items kept per user (post-filters exclude them); 0: none kept."
+    )
 
     @model_validator(mode="after")
     def _whole_buckets(self) -> RealtimeConfig:
@@ -83,6 +90,25 @@ def bucket_counts(config: RealtimeConfig, ids: np.ndarray, events: Events) -> di
     return out
 
 
+def newest_clicks(clicks: dict[int, float], n: int) -> list[int]:
+    """The ``n`` newest items of item → last click ts, newest first.
+
+    Equal timestamps order like Redis orders sorted-set members of equal score: by the item id as a string,
+    descending. So all three implementations agree even on ties.
+    """
+    return sorted(clicks, key=lambda item: (clicks[item], str(item)), reverse=True)[:n]
+
+
+def clicks_by_user(events: Events) -> dict[int, dict[int, float]]:
+    """user → item → newest click ts among the clicked events of one batch."""
+    out: dict[int, dict[int, float]] = defaultdict(dict)
+    mask = np.asarray(events.clicked, bool)
+    for user, item, ts in zip(events.user_id[mask].tolist(), events.item_id[mask].tolist(),
+                              np.asarray(events.ts, np.float64)[mask].tolist(), strict=True):
+        out[user][item] = max(ts, out[user].get(item, ts))
+    return out
+
+
 def window_lookup(config: RealtimeConfig, per_id: list[dict[int, list[int]]], now: float) -> Lookup:
     """Sum the buckets of each id's counters over every window ending at ``now``."""
     now_bucket = int(np.floor(now / config.bucket_s))
@@ -105,8 +131,16 @@ class EmbeddedWindowStore:
         self.config = config
         self._lock = threading.Lock()
         self._counts: dict[str, dict[int, dict[int, list[int]]]] = defaultdict(lambda: defaultdict(dict))
+        self._clicks: dict[int, dict[int, float]] = {}  # user → item → last click ts, at most recent_clicks items
 
-    def ingest(self, entity: str, ids: np.ndarray, events: Events) -> None:
+    def ingest(self, entity: str, ids: np.ndarray, events: Events, *, track_recent_clicks: bool = True) -> None:
+        """Add ``events`` to the counters of ``entity`` (``ids``: its id per event).
+
+        With ``track_recent_clicks`` the clicked items also go to each user's recent clicks; a caller that
+        ingests the same events for several entities sets it on one call only.
+        """
+        if track_recent_clicks and self.config.recent_clicks:
+            self._add_clicks(events)
         horizon = int(np.floor(events.ts.max() / self.config.bucket_s)) - self.config.max_buckets if len(events) else 0
         with self._lock:
             table = self._counts[entity]
@@ -123,12 +157,31 @@ class EmbeddedWindowStore:
             per_id = [dict(table.get(int(i), {})) for i in ids]
         return window_lookup(self.config, per_id, now)
 
+    def _add_clicks(self, events: Events) -> None:
+        n = self.config.recent_clicks
+        with self._lock:
+            for user, batch in clicks_by_user(events).items():
+                clicks = self._clicks.setdefault(user, {})
+                for item, ts in batch.items():
+                    if ts > clicks.get(item, -np.inf):  # an older click never moves an item (Redis ZADD GT)
+                        clicks[item] = ts
+                if len(clicks) > n:
+                    self._clicks[user] = {item: clicks[item] for item in newest_clicks(clicks, n)}
+
+    def recent_clicks(self, user_ids: np.ndarray) -> list[np.ndarray]:
+        """Each user's recently clicked item ids (int64), newest first; empty for a user with none."""
+        with self._lock:
+            per_user = [dict(self._clicks.get(int(u), {})) for u in user_ids]
+        return [np.array(newest_clicks(clicks, self.config.recent_clicks), np.int64) for clicks in per_user]
+
 
 class RedisWindowStore:
     """Counters in Redis: hash ``<prefix>:rt:<entity>:<id>`` with fields ``<bucket>:i`` / ``<bucket>:c``.
 
     Every replica writes and reads the same counters. Keys expire one full window after their last event, and
-    each write drops the buckets that fell out of the longest window. Shares the batch store's connection;
+    each write drops the buckets that fell out of the longest window. A user's recent clicks are the sorted set
+    ``<prefix>:rc:<user_id>`` (member: item id, score: click ts), trimmed to ``recent_clicks`` and expiring like
+    the counters, one full window after the user's last click. Shares the batch store's connection;
     connection problems raise :class:`OnlineStoreUnavailable`.
     """
 
@@ -148,7 +201,15 @@ class RedisWindowStore:
     def _key(self, entity: str, entity_id: int) -> str:
         return f"{self.prefix}:rt:{entity}:{entity_id}"
 
-    def ingest(self, entity: str, ids: np.ndarray, events: Events) -> None:
+    def _clicks_key(self, user_id: int) -> str:
+        return f"{self.prefix}:rc:{user_id}"
+
+    def ingest(self, entity: str, ids: np.ndarray, events: Events, *, track_recent_clicks: bool = True) -> None:
+        """Add ``events`` to the counters of ``entity`` (``ids``: its id per event), in one round trip.
+
+        With ``track_recent_clicks`` the clicked items also go to each user's recent clicks, in the same round
+        trip; a caller that ingests the same events for several entities sets it on one call only.
+        """
         pipe = self.client.pipeline(transaction=False)
         newest: dict[int, int] = {}
         for (entity_id, bucket), (n_imp, n_clk) in bucket_counts(self.config, ids, events).items():
@@ -162,7 +223,17 @@ class RedisWindowStore:
             stale = range(bucket - 2 * self.config.max_buckets, bucket - self.config.max_buckets)
             pipe.hdel(key, *[f"{b}:{c}" for b in stale for c in "ic"])
             pipe.expire(key, self.expire_s)
+        if track_recent_clicks and self.config.recent_clicks:
+            self._add_clicks(pipe, events)
         self._execute(pipe)
+
+    def _add_clicks(self, pipe, events: Events) -> None:
+        n = self.config.recent_clicks
+        for user, clicks in clicks_by_user(events).items():
+            key = self._clicks_key(user)
+            pipe.zadd(key, {str(item): ts for item, ts in clicks.items()}, gt=True)  # an older click never moves an item
+            pipe.zremrangebyrank(key, 0, -n - 1)  # keep the n highest (ts, member): newest_clicks' order
+            pipe.expire(key, self.expire_s)
 
     def lookup(self, entity: str, ids: np.ndarray, now: float) -> Lookup:
         pipe = self.client.pipeline(transaction=False)
@@ -176,6 +247,31 @@ class RedisWindowStore:
                 buckets.setdefault(int(bucket), [0, 0])[counter == "c"] += int(value)
             per_id.append(buckets)
         return window_lookup(self.config, per_id, now)
+
+    def recent_clicks(self, user_ids: np.ndarray) -> list[np.ndarray]:
+        """Each user's recently clicked item ids (int64), newest first, in one round trip; empty for unknown users."""
+        if not self.config.recent_clicks:
+            return [np.zeros(0, np.int64) for _ in user_ids]
+        pipe = self.client.pipeline(transaction=False)
+        for user in user_ids:
+            pipe.zrevrange(self._clicks_key(int(user)), 0, self.config.recent_clicks - 1)
+        return [np.array([int(m) for m in members], np.int64) for members in self._execute(pipe)]
+
+
+def offline_recent_clicks(
+    config: RealtimeConfig, user_ids: np.ndarray, item_ids: np.ndarray, ts: np.ndarray, clicked: np.ndarray,
+    user: int, at: float,
+) -> np.ndarray:
+    """The recent clicks of ``user`` at time ``at`` (events with ``ts <= at``), recomputed from an event log.
+
+    Equal to what the online stores serve for the same events (Redis: before its key expires).
+    """
+    ts = np.asarray(ts, np.float64)
+    mask = (np.asarray(user_ids) == user) & np.asarray(clicked, bool) & (ts <= at)
+    clicks: dict[int, float] = {}
+    for item, t in zip(np.asarray(item_ids, np.int64)[mask].tolist(), ts[mask].tolist(), strict=True):
+        clicks[item] = max(t, clicks.get(item, t))
+    return np.array(newest_clicks(clicks, config.recent_clicks), np.int64)
 
 
 def offline_window_features(

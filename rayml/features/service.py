@@ -84,15 +84,21 @@ class OnlineFeatures:
         at = time.time() if now is None else now
         return self._guarded(lambda: windows.lookup(entity, ids, at))
 
+    def recent_clicks(self, user_id: int) -> np.ndarray:
+        """The items ``user_id`` clicked last (int64, newest first, at most ``realtime.recent_clicks``)."""
+        windows = self._require_windows()
+        return self._guarded(lambda: windows.recent_clicks(np.array([user_id], np.int64))[0])
+
     def ingest(self, events: Events) -> None:
-        """Add ``events`` to the windowed counters of every real-time entity."""
+        """Add ``events`` to the windowed counters of every real-time entity and to the users' recent clicks."""
         windows = self._require_windows()
         assert self.repo.realtime is not None
         keyed = [(e, self.repo.entities[e].key) for e in self.repo.realtime.entities]
 
         def write() -> None:
-            for entity, key in keyed:
-                windows.ingest(entity, events.entity_ids(key), events)
+            for n, (entity, key) in enumerate(keyed):
+                # Recent clicks ride along with the first entity's writes: once per event, no extra round trip.
+                windows.ingest(entity, events.entity_ids(key), events, track_recent_clicks=n == 0)
 
         self._guarded(write)
 

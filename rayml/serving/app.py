@@ -23,7 +23,10 @@ from rayml.features.realtime import Events
 from rayml.features.redis_store import OnlineStoreUnavailable
 from rayml.serving import oip
 from rayml.serving.autoscaling import LatencyWindow
+from rayml.serving.batching import apply_batching, batching_state
 from rayml.serving.config import RecommenderArgs, load_serving_repo
+from rayml.serving.http_guards import BodyLimit, Counter, InFlight
+from rayml.serving.ranker import Ranker
 from rayml.serving.recommender import (
     Recommendation,
     RecommendCall,
@@ -31,6 +34,7 @@ from rayml.serving.recommender import (
     UnknownAliasError,
     UnknownUserError,
 )
+from rayml.serving.stages import LoadedRanker
 
 MAX_ID = 2**63 - 1  # ids are int64 everywhere
 
@@ -100,7 +104,15 @@ def oip_error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
+class RankerUnavailable(RuntimeError):
+    """The split plan's Ranker deployment did not answer."""
+
+
 api = FastAPI(title="rayml recommender", version="0.1.0")
+BODY_LIMIT = {"max_bytes": RecommenderArgs.model_fields["max_body_bytes"].default}  # this replica's, set at init
+api.add_middleware(BodyLimit, max_bytes=lambda: BODY_LIMIT["max_bytes"])
+IN_FLIGHT = Counter()  # HTTP requests inside this replica now
+api.add_middleware(InFlight, counter=IN_FLIGHT)  # added last: outermost, so it counts from the first byte
 
 
 @api.exception_handler(RequestValidationError)
@@ -126,9 +138,12 @@ logger = logging.getLogger("ray.serve")
 class Recommender:
     """One replica holds the ranker, features and candidates in memory: no extra handle hops."""
 
-    def __init__(self, args: dict, repo: dict) -> None:
+    def __init__(self, args: dict, repo: dict, ranker: Any = None) -> None:
+        """``ranker``: the split plan's handle to the :class:`rayml.serving.ranker.Ranker` deployment."""
         # Serve ships init args to replicas as plain data, so the models travel as dicts.
         self.core = RecommenderCore(RecommenderArgs.model_validate(args), FeatureRepo.model_validate(repo))
+        self.ranker = ranker
+        BODY_LIMIT["max_bytes"] = self.core.args.max_body_bytes
         backend = {"backend": self.core.features.backend}
         self.store_errors = metrics.Counter(
             "rayml_online_store_errors", "Online-store calls that failed (store down).", tag_keys=("backend",)
@@ -150,7 +165,7 @@ class Recommender:
         served: dict[str, str] = {}
         while True:
             time.sleep(self.core.args.alias_poll_s)
-            now = self.core.refresh_aliases()
+            now = self.core.ranking.refresh_aliases()
             if now != served:
                 logger.info("serving ranker aliases %s", now)
                 served = now
@@ -181,48 +196,53 @@ class Recommender:
           parity) is refused: the current ranker keeps serving and ``/healthz`` reports the error.
         - ``max_batch_size`` / ``batch_wait_timeout_s``: tune the dynamic batching of ranker calls.
         """
-        allowed = {"ranker_alias", "max_batch_size", "batch_wait_timeout_s"}
-        unknown = set(config) - allowed
-        if unknown:
-            raise ValueError(f"user_config: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        size, wait = config.get("max_batch_size"), config.get("batch_wait_timeout_s")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= self.MAX_BATCH:
-                raise ValueError(f"user_config.max_batch_size: {size!r} is not an int in 1..{self.MAX_BATCH}")
-            self._batcher.set_max_batch_size(size)
-        if wait is not None:
-            if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 1:
-                raise ValueError(f"user_config.batch_wait_timeout_s: {wait!r} is not a number in [0, 1]")
-            self._batcher.set_batch_wait_timeout_s(float(wait))
+        apply_batching(self._recommend_batch, config, allowed={"ranker_alias"})
         ref = config.get("ranker_alias")
         if ref is None:
             return
         try:
-            version = self.core.swap_ranker(str(ref))
+            version = self.core.ranking.swap(str(ref))
             logger.info("serving ranker %s", version)
         except Exception:
             logger.exception("ranker %r refused; still serving %s", ref, self.core.model_version)
 
-    MAX_BATCH = 64
+    async def _rank(self, ranker: LoadedRanker, features: np.ndarray) -> np.ndarray:
+        """Scores of encoded rows: here (fused plan) or by the Ranker deployment (split plan)."""
+        if self.ranker is None:
+            return self.core.ranking.score(ranker, features)
+        try:
+            return await self.ranker.score.remote((ranker.model_version, features))
+        except Exception as exc:
+            raise RankerUnavailable(f"ranker deployment: {type(exc).__name__}: {exc}") from exc
+
+    async def _answer(self, calls: list[RecommendCall]) -> list[Recommendation | Exception]:
+        if self.ranker is None:
+            return self.core.recommend_many(calls)  # fused: inline, no await between stages
+        prepared = self.core.prepare_many(calls)
+        for batch in self.core.ranking_batches(prepared):
+            try:
+                batch.set_scores(await self._rank(batch.ranker, batch.features))
+            except RankerUnavailable as exc:
+                batch.fail(exc)
+        return self.core.finish_many(prepared)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # no wait: batches form from what queued meanwhile
     async def _recommend_batch(self, calls: list[RecommendCall]) -> list[Recommendation | Exception]:
-        """Concurrent requests share one ONNX call per ranker.
+        """Concurrent requests share one ONNX call per ranker version.
 
         The work (about half a millisecond a request) runs inline: requests arriving meanwhile queue and form the
         next batch, and no thread hand-off is added to every request's latency.
         """
-        return self.core.recommend_many(calls)
+        return await self._answer(calls)
 
-    @property
-    def _batcher(self) -> Any:
-        """The @serve.batch wrapper, whose setters and getters Serve attaches at run time."""
-        return self._recommend_batch
+    async def _recommend_one(self, call: RecommendCall) -> Recommendation | Exception:
+        """Straight through when this is the replica's only HTTP request; through the batch queue otherwise."""
+        if IN_FLIGHT.value <= 1:
+            return (await self._answer([call]))[0]
+        return await self._recommend_batch(call)
 
     def batching(self) -> dict[str, float]:
-        return {"max_batch_size": self._batcher._get_max_batch_size(),
-                "batch_wait_timeout_s": self._batcher._get_batch_wait_timeout_s(),
-                "largest_batch": self.core.largest_batch}
+        return {**batching_state(self._recommend_batch), "largest_batch": self.core.largest_batch}
 
     @api.post("/recommend", response_model=RecommendResponse)
     async def recommend(self, request: RecommendRequest) -> JSONResponse:
@@ -235,18 +255,20 @@ class Recommender:
             )
         started = time.perf_counter()
         try:
-            result = await self._recommend_batch(RecommendCall(request.user_id, k, request.explain, request.model_alias))
+            result = await self._recommend_one(RecommendCall(request.user_id, k, request.explain, request.model_alias))
             if isinstance(result, Exception):
                 raise result
             rec = result
         except UnknownAliasError:
             raise HTTPException(status_code=422, detail=[
                 {"type": "unknown_alias", "loc": ["body", "model_alias"], "input": request.model_alias,
-                 "msg": f"not served; aliases: {sorted([self.core.args.ranker_alias, *self.core.aliases])}"}]) from None
+                 "msg": f"not served; aliases: {self.core.ranking.served_aliases}"}]) from None
         except UnknownUserError:
             raise HTTPException(status_code=404, detail=f"user_id {request.user_id} is unknown") from None
         except OnlineStoreUnavailable:
             raise self._store_down("online store unavailable and the user has no batch candidates") from None
+        except RankerUnavailable as exc:
+            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "1"}) from None
         finally:
             self.latency.add(time.perf_counter() - started)
         if rec.degraded:
@@ -286,13 +308,17 @@ class Recommender:
         return EventsResponse(accepted=len(events))
 
     @api.post("/score")
-    def score(self, request: ScoreRequest) -> ScoreResponse:
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        item_ids = np.asarray(request.item_ids, np.int64)
         try:
-            rec = self.core.score(request.user_id, np.asarray(request.item_ids, np.int64))
+            ranker, features, missing = self.core.score_inputs(request.user_id, item_ids)
+            scores = await self._rank(ranker, features)
         except OnlineStoreUnavailable as exc:
             raise self._store_down(f"online store unavailable: {exc}") from None
-        return ScoreResponse(user_id=rec.user_id, items=rec.items, scores=rec.scores, model_version=rec.model_version,
-                             feature_missing=rec.feature_missing)
+        except RankerUnavailable as exc:
+            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "1"}) from None
+        return ScoreResponse(user_id=request.user_id, items=request.item_ids, scores=scores.astype(float).tolist(),
+                             model_version=ranker.model_version, feature_missing=missing)
 
     @api.get("/readyz")
     def readyz(self):
@@ -302,18 +328,19 @@ class Recommender:
         except OnlineStoreUnavailable as exc:
             return JSONResponse(status_code=503, content={"ready": False, "reason": f"online store: {exc}"},
                                 headers={"Retry-After": "1"})
+        retriever = self.core.retrieval.retriever
         return {"ready": True, "ranker": self.core.model_version,
-                "retriever": self.core.retriever.model_version if self.core.retriever else None,
-                "online_store": self.core.features.backend}
+                "retriever": retriever.model_version if retriever else None,
+                "online_store": self.core.features.backend, "plan": self.core.args.plan}
 
     # ----- Open Inference Protocol v2 (REST) -----
 
     def _oip_models(self) -> dict[str, tuple[str, oip.TensorSpec, oip.TensorSpec]]:
         ranker = self.core.ranker
-        width = ranker.user_encoder.width + ranker.item_encoder.width
-        models = {"ranker": (ranker.model_version, oip.TensorSpec(name="features", datatype="FP32", shape=[-1, width]),
+        models = {"ranker": (ranker.model_version,
+                             oip.TensorSpec(name="features", datatype="FP32", shape=[-1, ranker.width]),
                              oip.TensorSpec(name="score", datatype="FP32", shape=[-1]))}
-        retriever = self.core.retriever
+        retriever = self.core.retrieval.retriever
         if retriever is not None:
             session = retriever.session
             models["retriever"] = (
@@ -363,7 +390,7 @@ class Recommender:
 
     @api.post("/v2/models/{name}/infer")
     @api.post("/v2/models/{name}/versions/{version}/infer")
-    def oip_infer(self, name: str, request: oip.InferenceRequest, version: str | None = None):
+    async def oip_infer(self, name: str, request: oip.InferenceRequest, version: str | None = None):
         model, error = self._oip_model(name, version)
         if error is not None:
             return error
@@ -377,21 +404,36 @@ class Recommender:
             tensor = oip.decode(request.inputs[0], 0, spec_in)
         except oip.TensorError as exc:
             return oip_error(400, str(exc))
-        label, result = self.core.infer(name, tensor)
+        try:
+            label, result = await self._infer(name, tensor)
+        except RankerUnavailable as exc:
+            return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": "1"})
         return oip.InferenceResponse(model_name=name, model_version=label.rsplit(":v", 1)[1], id=request.id,
                                      outputs=[oip.encode(spec_out.name, np.asarray(result, np.float32))])
 
+    async def _infer(self, model: str, features: np.ndarray) -> tuple[str, np.ndarray]:
+        """A served model on an already-encoded batch: ``ranker`` → scores [N], ``retriever`` → embeddings."""
+        if model == "ranker":
+            ranker = self.core.ranker
+            return ranker.model_version, await self._rank(ranker, features)
+        retriever = self.core.retrieval.retriever
+        assert retriever is not None  # _oip_model checked the name
+        return retriever.model_version, retriever.session.run(None, {"user_features": features})[0]
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
+        ranking = self.core.ranking
         body = {"status": "ok", "model_version": self.core.model_version, "artifact": self.core.ranker.artifact,
                 "online_store": self.core.features.backend, "online_store_errors": self.core.features.errors,
                 "batching": self.batching()}
-        if self.core.reload_error:
-            body["reload_error"] = self.core.reload_error
+        if self.ranker is not None:
+            body["ranker_deployment"] = await self.ranker.describe.remote()
+        if ranking.reload_error:
+            body["reload_error"] = ranking.reload_error
         if self.core.args.ranker_aliases:
-            body["aliases"] = {alias: ranker.model_version for alias, ranker in self.core.aliases.items()}
-        if self.core.alias_errors:
-            body["alias_errors"] = dict(self.core.alias_errors)
+            body["aliases"] = {alias: ranker.model_version for alias, ranker in ranking.aliases.items()}
+        if ranking.alias_errors:
+            body["alias_errors"] = dict(ranking.alias_errors)
         return body
 
 
@@ -401,4 +443,7 @@ def build_recommender(args: RecommenderArgs) -> Application:
     The feature repo is read here, on the driver, and travels to replicas as data (no shared file needed).
     """
     repo = load_serving_repo(args)
-    return Recommender.bind(args.model_dump(), repo.model_dump())  # type: ignore[attr-defined]  # from @serve.deployment
+    ranker = None
+    if args.plan == "split":
+        ranker = Ranker.bind(args.registry, args.ranker_model, args.precision)  # type: ignore[attr-defined]
+    return Recommender.bind(args.model_dump(), repo.model_dump(), ranker)  # type: ignore[attr-defined]

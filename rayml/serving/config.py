@@ -16,6 +16,11 @@ from rayml.serving.filters import PostFilters
 class RecommenderArgs(StrictModel):
     """Validated by Ray itself when ``serve run`` builds the app. Relative paths resolve against the cwd."""
 
+    plan: Literal["fused", "split"] = Field(
+        "fused",
+        description="fused: every stage in the ingress replica (fastest on CPU); split: the ranker's ONNX sessions "
+        "in their own `Ranker` deployment (give it `num_gpus` under `deployments:`), reached by a Serve handle.",
+    )
     registry: str = Field(description="Registry root directory.")
     ranker_model: str = Field("ranker", description="Registry model name of the ranker.")
     ranker_alias: str = Field("production", description="Version or alias of the ranker to serve at start.")
@@ -40,6 +45,9 @@ class RecommenderArgs(StrictModel):
     filters: PostFilters = Field(PostFilters(), description="Business rules applied after ranking.")
     default_k: int = Field(10, ge=1, le=10_000, description="k when a request omits it.")
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 30, description="Larger request bodies get 413 before they are read."
+    )
 
     @field_validator("registry", "candidates", "features", "feature_state", "event_log")
     @classmethod
@@ -73,4 +81,7 @@ def load_serving_repo(args: RecommenderArgs) -> FeatureRepo:
     if rules.max_per_category is not None and rules.category_feature not in repo.views[args.item_view].features:
         raise ConfigError(f"args.filters.category_feature: view {args.item_view!r} of {args.features} has no feature "
                           f"{rules.category_feature!r}")
+    if rules.exclude_clicked and (repo.realtime is None or repo.realtime.recent_clicks == 0):
+        raise ConfigError(f"args.filters.exclude_clicked needs recent clicks: {args.features} has no `realtime:` block "
+                          "with recent_clicks > 0")
     return repo

@@ -16,12 +16,18 @@ class PostFilters(StrictModel):
         None, ge=1, description="At most this many items of one category in an answer (diversity); null: no cap."
     )
     category_feature: str = Field("category", description="Item feature that holds the category.")
+    exclude_clicked: bool = Field(
+        False, description="Never recommend what the user clicked lately (the feature repo's `realtime.recent_clicks`)."
+    )
 
 
 def pick(order: np.ndarray, item_ids: np.ndarray, categories: np.ndarray | None, k: int,
-         rules: PostFilters) -> np.ndarray:
-    """The first ``k`` positions of ``order`` (best first) that the rules allow."""
+         rules: PostFilters, clicked: np.ndarray | None = None) -> np.ndarray:
+    """The first ``k`` positions of ``order`` (best first) that the rules allow; ``clicked``: the user's recently
+    clicked items, excluded when ``rules.exclude_clicked``."""
     excluded = set(rules.exclude_items)
+    if rules.exclude_clicked and clicked is not None:
+        excluded.update(clicked.tolist())
     cap = rules.max_per_category
     if not excluded and (cap is None or categories is None):
         return order[:k]

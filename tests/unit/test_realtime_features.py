@@ -1,4 +1,5 @@
-"""Real-time windows: the embedded store and the offline recomputation agree exactly; bucket edges; config errors."""
+"""Real-time windows and recent clicks: the embedded store and the offline recomputation agree exactly; bucket
+edges; config errors."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rayml.config import ConfigError
-from rayml.features.definitions import load_feature_repo
+from rayml.features.definitions import Entity, FeatureRepo, load_feature_repo
 from rayml.features.event_log import append_events, read_events
 from rayml.features.realtime import (
     EmbeddedWindowStore,
     Events,
     RealtimeConfig,
+    offline_recent_clicks,
     offline_window_features,
 )
+from rayml.features.service import OnlineFeatures
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +88,61 @@ def test_event_log_round_trip(tmp_path):
     np.testing.assert_array_equal(back.user_id[order], [1, 3, 2])
     np.testing.assert_allclose(back.ts[order], [NOW, NOW + 1.25, NOW + 86_400.5])
     np.testing.assert_array_equal(back.clicked[order], [True, True, False])
+
+
+def test_recent_clicks_newest_first_distinct_and_trimmed():
+    store = EmbeddedWindowStore(RealtimeConfig(recent_clicks=3))
+    store.ingest("user", np.array([1, 1, 1, 2]),
+                 events([1, 1, 1, 2], [10, 11, 12, 10], [NOW + 1, NOW + 3, NOW + 3, NOW], [1, 1, 0, 1]))
+    store.ingest("user", np.array([1, 1, 1]), events([1, 1, 1], [10, 13, 11], [NOW + 5, NOW + 2, NOW + 1], [1, 1, 1]))
+    # 10 clicked again later → front; 11's older click does not move it behind 13; 12 was only an impression.
+    got = store.recent_clicks(np.array([1, 2, 3]))
+    assert [a.tolist() for a in got] == [[10, 11, 13], [10], []]
+    assert got[0].dtype == np.int64
+    store.ingest("user", np.array([1]), events([1], [14], [NOW + 6], [1]))
+    assert store.recent_clicks(np.array([1]))[0].tolist() == [14, 10, 11]  # 13, the oldest, is dropped
+
+
+def test_recent_clicks_zero_keeps_nothing():
+    store = EmbeddedWindowStore(RealtimeConfig(recent_clicks=0))
+    store.ingest("user", np.array([1]), events([1], [10], [NOW], [1]))
+    assert [a.tolist() for a in store.recent_clicks(np.array([1, 2]))] == [[], []]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 12), st.integers(-50, 50), st.booleans()),
+                min_size=1, max_size=80),
+       st.integers(0, 6))
+def test_recent_clicks_online_equals_offline_recomputation(rows, n):
+    """Coarse timestamps make ties and out-of-order re-clicks common; several ingestion calls trim as they go."""
+    user, item, offset, clicked = map(list, zip(*rows, strict=True))
+    ev = events(user, item, [NOW + o for o in offset], clicked)
+    config = RealtimeConfig(recent_clicks=n)
+    store = EmbeddedWindowStore(config)
+    for lo in range(0, len(ev), 9):
+        part = slice(lo, lo + 9)
+        store.ingest("item", ev.item_id[part], events(ev.user_id[part], ev.item_id[part], ev.ts[part], ev.clicked[part]))
+    users = np.arange(6)
+    online = store.recent_clicks(users)
+    for u, got in zip(users, online, strict=True):
+        want = offline_recent_clicks(config, ev.user_id, ev.item_id, ev.ts, ev.clicked, int(u), NOW + 50)
+        np.testing.assert_array_equal(got, want, err_msg=f"user {u}")
+    # Offline at an earlier time sees only the events stamped up to then.
+    past = ev.ts <= NOW
+    before = EmbeddedWindowStore(config)
+    before.ingest("item", ev.item_id[past], events(ev.user_id[past], ev.item_id[past], ev.ts[past], ev.clicked[past]))
+    for u, got in zip(users, before.recent_clicks(users), strict=True):
+        want = offline_recent_clicks(config, ev.user_id, ev.item_id, ev.ts, ev.clicked, int(u), NOW)
+        np.testing.assert_array_equal(got, want, err_msg=f"user {u} at NOW")
+
+
+def test_online_features_recent_clicks_even_without_user_windows_and_need_a_realtime_block(tmp_path):
+    entities = {"user": Entity(key="user_id"), "item": Entity(key="item_id")}
+    realtime = RealtimeConfig(entities=["item"], recent_clicks=2)  # no user windows: clicks are still kept per user
+    features = OnlineFeatures(FeatureRepo(entities=entities, views={}, realtime=realtime), tmp_path)
+    features.ingest(events([7, 7, 7], [1, 2, 3], [NOW, NOW + 1, NOW + 2], [1, 0, 1]))
+    assert features.recent_clicks(7).tolist() == [3, 1]
+    assert features.recent_clicks(8).tolist() == []
+    without = OnlineFeatures(FeatureRepo(entities=entities, views={}), tmp_path)
+    with pytest.raises(LookupError, match="no `realtime:` block"):
+        without.recent_clicks(7)

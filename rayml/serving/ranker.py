@@ -1,0 +1,87 @@
+"""The ranking stage as its own Serve deployment: the ``split`` composition plan.
+
+The ingress retrieves, looks features up and encodes them, then sends ``(version label, rows)`` here through a
+Serve handle. This deployment batches rows from all ingress replicas into one ONNX call per version, on a GPU
+when the deployment was given one (``ray_actor_options: {num_gpus: 1}``), and loads any version it is asked
+for on first use (the ingress decides which version answers, so an alias swap never mixes two).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import onnxruntime as ort
+import ray
+from ray import serve
+
+from rayml.inference import ort_session
+from rayml.registry import ModelRegistry
+from rayml.serving.batching import apply_batching, batching_state
+from rayml.serving.stages import ranker_artifact
+
+
+class RankerSessions:
+    """ONNX sessions of ranker versions by label (``ranker:v3``), loaded on first use, the least recent evicted."""
+
+    def __init__(self, registry: str, model: str, precision: str, gpu: bool, max_versions: int = 4) -> None:
+        self.registry = ModelRegistry(registry)
+        self.model, self.precision, self.gpu, self.max_versions = model, precision, gpu, max_versions
+        self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def session(self, label: str) -> ort.InferenceSession:
+        with self._lock:
+            if label in self._sessions:
+                self._sessions.move_to_end(label)
+                return self._sessions[label]
+        model, _, number = label.rpartition(":v")
+        if model != self.model or not number.isdigit():
+            raise KeyError(f"version label {label!r} is not one of model {self.model!r}")
+        version = self.registry.get(self.model, number)  # verifies checksums
+        session = ort_session(version.file(ranker_artifact(version, self.precision)), threads=1, gpu=self.gpu)
+        with self._lock:
+            self._sessions[label] = session
+            while len(self._sessions) > self.max_versions:
+                self._sessions.popitem(last=False)
+        return session
+
+    def score(self, labels: list[str], rows: list[np.ndarray]) -> list[np.ndarray]:
+        """Scores of each request's rows: one ONNX call per version across all requests."""
+        out: list[np.ndarray | None] = [None] * len(rows)
+        for label in dict.fromkeys(labels):
+            members = [i for i, name in enumerate(labels) if name == label]
+            features = np.concatenate([rows[i] for i in members])
+            scores = self.session(label).run(["score"], {"features": features})[0]
+            offset = 0
+            for i in members:
+                out[i] = scores[offset : offset + len(rows[i])]
+                offset += len(rows[i])
+        return [s for s in out if s is not None]
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._sessions)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Ranker:
+    """Scores encoded rows for the ingress replicas; ``user_config`` tunes its batching live."""
+
+    def __init__(self, registry: str, model: str, precision: str) -> None:
+        gpu = bool(ray.get_gpu_ids())  # num_gpus in the deployment's ray_actor_options
+        self.sessions = RankerSessions(registry, model, "fp32" if gpu and precision == "auto" else precision, gpu)
+        self.device = "cuda" if gpu else "cpu"
+
+    def reconfigure(self, config: dict) -> None:
+        """``user_config``: ``max_batch_size``, ``batch_wait_timeout_s``."""
+        apply_batching(self.score, config, allowed=set())
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        """Each request is ``(version label, encoded rows)``; concurrent ones share one ONNX call per version."""
+        return self.sessions.score([label for label, _ in requests], [rows for _, rows in requests])
+
+    def describe(self) -> dict:
+        return {"device": self.device, "loaded": self.sessions.loaded, **batching_state(self.score)}

@@ -1,0 +1,289 @@
+"""The recommender's stages, each a class usable on its own: retrieval → feature lookup → ranking → post-filtering.
+
+:class:`rayml.serving.recommender.RecommenderCore` chains them in one process (the ``fused`` plan). In the
+``split`` plan the ranking stage keeps only the encoders and the ONNX sessions live in their own Serve deployment
+(:mod:`rayml.serving.ranker`), e.g. on a GPU node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayml.features import FeatureEncoder
+from rayml.features.online import Lookup
+from rayml.features.service import OnlineFeatures
+from rayml.inference import ort_session
+from rayml.registry import ModelRegistry, RegistryError
+from rayml.registry.store import ModelVersion
+from rayml.serving.filters import PostFilters, pick
+
+
+class UnknownUserError(KeyError):
+    """Neither the batch candidates nor the real-time retriever know the user."""
+
+
+class UnknownAliasError(KeyError):
+    """A request named a model alias this app does not serve."""
+
+
+# ----- retrieval -----
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One user's candidates: ``source`` is ``batch`` (precomputed by the candidate job) or ``realtime``."""
+
+    item_ids: np.ndarray
+    retrieval_scores: np.ndarray
+    source: str
+
+
+@dataclass(frozen=True)
+class LoadedRetriever:
+    """The retriever's user tower (encoded user features → embedding with a trailing 1) and its item table."""
+
+    model_version: str
+    session: ort.InferenceSession
+    user_encoder: FeatureEncoder
+    item_emb: np.ndarray  # [I, E+1], bias in the last column
+    item_ids: np.ndarray  # [I]
+
+
+class CandidateRetrieval:
+    """Batch candidates in memory (sorted by user id); two-tower retrieval at request time for users they miss."""
+
+    def __init__(self, candidates: str, features: OnlineFeatures, user_view: str,
+                 retriever: LoadedRetriever | None) -> None:
+        table = pq.read_table(candidates, columns=["user_id", "items", "scores"])
+        table = table.take(pc.sort_indices(table, [("user_id", "ascending")]))
+        items_type = table.schema.field("items").type
+        if not pa.types.is_fixed_size_list(items_type):
+            raise ValueError(f"candidates {candidates}: column 'items' is {items_type}, expected a fixed-size list")
+        self.size = items_type.list_size
+        self.user_ids = table["user_id"].to_numpy()
+        self.items = table["items"].combine_chunks().flatten().to_numpy().reshape(-1, self.size)  # [Uc, K]
+        self.scores = table["scores"].combine_chunks().flatten().to_numpy().reshape(-1, self.size)  # [Uc, K]
+        self.features = features
+        self.user_view = user_view
+        self.retriever = retriever
+
+    @staticmethod
+    def load_retriever(registry: ModelRegistry, model: str | None, alias: str) -> LoadedRetriever | None:
+        if model is None:
+            return None
+        version = registry.get(model, alias)
+        return LoadedRetriever(
+            version.label, ort_session(version.file("user_tower.onnx"), threads=1),
+            FeatureEncoder.load(version.file("user_encoder.json")),
+            np.load(version.file("item_embeddings.npy")), np.load(version.file("item_ids.npy")),
+        )
+
+    def batch(self, user_id: int) -> Candidates | None:
+        pos = int(np.searchsorted(self.user_ids, user_id))
+        if pos >= len(self.user_ids) or self.user_ids[pos] != user_id:
+            return None
+        return Candidates(self.items[pos], self.scores[pos], "batch")
+
+    def realtime(self, user_id: int, k: int) -> Candidates:
+        """Top-``k`` items by two-tower score on the user's online features.
+
+        Raises:
+            UnknownUserError: no retriever is served, or the feature store does not know the user either.
+            OnlineStoreUnavailable: the store is down.
+        """
+        retriever = self.retriever
+        if retriever is None:
+            raise UnknownUserError(user_id)
+        user = self.features.get(self.user_view, np.array([user_id]))
+        if user.missing:
+            raise UnknownUserError(user_id)
+        x = retriever.user_encoder.transform(user.to_arrow(self.features.key_of_view(self.user_view),
+                                                           np.array([user_id])))
+        scores = (retriever.session.run(None, {"user_features": x})[0] @ retriever.item_emb.T)[0]  # [I]
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return Candidates(retriever.item_ids[top], scores[top], "realtime")
+
+    def retrieve(self, user_id: int) -> Candidates:
+        """The user's batch candidates, or real-time ones for a user the batch job missed (e.g. a new user)."""
+        return self.batch(user_id) or self.realtime(user_id, self.size)
+
+
+# ----- feature lookup -----
+
+
+class FeatureLookup:
+    """The online features one request needs: the user's and the candidates' batch views, real-time windows on
+    demand, and the user's recently clicked items for the post-filters."""
+
+    def __init__(self, features: OnlineFeatures, user_view: str, item_view: str) -> None:
+        self.features = features
+        self.user_view, self.item_view = user_view, item_view
+        self.user_key = features.key_of_view(user_view)
+        self.item_key = features.key_of_view(item_view)
+
+    def lookup(self, user_id: int, item_ids: np.ndarray, now: float, realtime: bool = True) -> dict[str, Lookup]:
+        """Batch views always; with ``realtime`` the windows too (the ranker does not read them yet: they are
+        fetched for the served-feature log and ``explain``).
+
+        Raises:
+            OnlineStoreUnavailable: the store is down.
+        """
+        lookups = {
+            self.user_view: self.features.get(self.user_view, np.array([user_id])),
+            self.item_view: self.features.get(self.item_view, item_ids),
+        }
+        windows = self.features.repo.realtime
+        for entity in windows.entities if windows and realtime else []:
+            key = self.features.repo.entities[entity].key
+            ids = np.array([user_id]) if key == self.user_key else item_ids
+            lookups[f"rt.{entity}"] = self.features.realtime(entity, ids, now)
+        return lookups
+
+    def recently_clicked(self, user_id: int) -> np.ndarray:
+        """Items the user clicked lately (from the ingested events), newest first."""
+        return self.features.recent_clicks(user_id)
+
+
+# ----- ranking -----
+
+
+@dataclass(frozen=True)
+class LoadedRanker:
+    """One ranker version: the encoders of its inputs and, where this process scores, its ONNX session."""
+
+    model_version: str
+    artifact: str
+    user_encoder: FeatureEncoder
+    item_encoder: FeatureEncoder
+    session: ort.InferenceSession | None
+
+    @property
+    def width(self) -> int:
+        return self.user_encoder.width + self.item_encoder.width
+
+
+def ranker_artifact(version: ModelVersion, precision: str) -> str:
+    """The file a ranker version serves: int8 unless ``fp32`` is asked or the version has none.
+
+    Raises:
+        RegistryError: the version failed its parity check, or ``int8`` was asked and it has none.
+    """
+    if not version.metadata.get("parity", {}).get("passed", False):
+        raise RegistryError(f"{version.label} failed its ONNX parity check; refusing to serve it")
+    has_int8 = "model.int8.onnx" in version.metadata["files"]
+    if precision == "int8" and not has_int8:
+        raise RegistryError(f"{version.label} has no int8 artifact (precision: int8)")
+    return "model.int8.onnx" if precision != "fp32" and has_int8 else "model.onnx"
+
+
+class Ranking:
+    """Ranker versions by alias: the default one, extra served aliases (canary, shadow, …), swaps and refreshes.
+
+    Every change is one reference assignment, so a request sees the old or the new version whole. A version that
+    fails to load (missing, corrupt, failed parity, features the views lack) is refused and the current one keeps
+    serving. With ``sessions=False`` (the ``split`` plan) only the encoders load here.
+    """
+
+    def __init__(self, registry: ModelRegistry, model: str, alias: str, extra_aliases: list[str], precision: str,
+                 view_features: dict[str, list[str]], sessions: bool = True) -> None:
+        self.registry, self.model, self.alias = registry, model, alias
+        self.extra_aliases, self.precision = extra_aliases, precision
+        self.view_features = view_features  # user view, item view → their features, in that order
+        self.sessions = sessions
+        self.default = self.load(alias)
+        self.reload_error: str | None = None
+        self.aliases: dict[str, LoadedRanker] = {}
+        self.alias_errors: dict[str, str] = {}
+        self.refresh_aliases()
+
+    def load(self, ref: str) -> LoadedRanker:
+        version = self.registry.get(self.model, ref)  # verifies every checksum
+        artifact = ranker_artifact(version, self.precision)
+        encoders = [FeatureEncoder.load(version.file(f"{side}_encoder.json")) for side in ("user", "item")]
+        for (view, served), encoder in zip(self.view_features.items(), encoders, strict=True):
+            absent = sorted(set(encoder.columns) - set(served))
+            if absent:
+                raise RegistryError(f"{version.label} needs features {absent} that view {view!r} does not serve")
+        session = ort_session(version.file(artifact), threads=1) if self.sessions else None
+        return LoadedRanker(version.label, artifact, encoders[0], encoders[1], session)
+
+    def swap(self, ref: str) -> str:
+        """Serve ``ref`` as the default from now on; on any load error keep the current one and re-raise."""
+        try:
+            loaded = self.load(ref)
+        except Exception as exc:
+            self.reload_error = f"{self.model} {ref!r}: {exc}"
+            raise
+        self.default = loaded
+        self.reload_error = None
+        return loaded.model_version
+
+    def refresh_aliases(self) -> dict[str, str]:
+        """Load every extra alias whose registry target moved; a failing one keeps its current version.
+
+        Returns alias → served version label.
+        """
+        for alias in self.extra_aliases:
+            try:
+                number = self.registry.metadata(self.model, alias)["version"]
+                current = self.aliases.get(alias)
+                if current is None or current.model_version != f"{self.model}:v{number}":
+                    self.aliases[alias] = self.load(str(number))
+                self.alias_errors.pop(alias, None)
+            except Exception as exc:  # keep serving what is loaded; report it
+                self.alias_errors[alias] = str(exc)
+        return {alias: loaded.model_version for alias, loaded in self.aliases.items()}
+
+    def ranker_for(self, alias: str | None) -> LoadedRanker:
+        if alias is None or alias == self.alias:
+            return self.default
+        if alias not in self.aliases:
+            raise UnknownAliasError(alias)
+        return self.aliases[alias]
+
+    @property
+    def served_aliases(self) -> list[str]:
+        return sorted([self.alias, *self.aliases])
+
+    def encode(self, ranker: LoadedRanker, user_id: int, user: Lookup, user_key: str, item_ids: np.ndarray,
+               items: Lookup, item_key: str) -> np.ndarray:
+        """The ranker's input for one user and its candidates: [C, user width + item width] float32."""
+        n_user = ranker.user_encoder.width
+        features = np.empty((len(item_ids), ranker.width), np.float32)
+        features[:, :n_user] = ranker.user_encoder.transform(user.to_arrow(user_key, np.array([user_id])))
+        features[:, n_user:] = ranker.item_encoder.transform(items.to_arrow(item_key, item_ids))
+        return features
+
+    @staticmethod
+    def score(ranker: LoadedRanker, features: np.ndarray) -> np.ndarray:
+        """Scores [N] of encoded rows, in this process (the ``fused`` plan)."""
+        assert ranker.session is not None, "this process loaded encoders only (split plan)"
+        return ranker.session.run(["score"], {"features": features})[0]
+
+
+# ----- post-filtering -----
+
+
+class PostFiltering:
+    """Business rules after ranking: excluded items, the user's recently clicked items, a per-category cap."""
+
+    def __init__(self, rules: PostFilters) -> None:
+        self.rules = rules
+
+    @property
+    def needs_clicks(self) -> bool:
+        return self.rules.exclude_clicked
+
+    def apply(self, scores: np.ndarray, item_ids: np.ndarray, items: Lookup, clicked: np.ndarray | None,
+              k: int) -> np.ndarray:
+        """Positions of the ``k`` best-scored candidates the rules allow, best first."""
+        order = np.argsort(-scores, kind="stable")
+        return pick(order, item_ids, items.columns.get(self.rules.category_feature), k, self.rules, clicked)

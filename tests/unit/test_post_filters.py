@@ -39,3 +39,11 @@ def test_a_cap_on_a_feature_the_view_lacks_is_a_config_error(tmp_path):
                            filters={"max_per_category": 2})
     with pytest.raises(ConfigError, match=r"args.filters.category_feature: view 'item_catalog' .* has no feature 'category'"):
         load_serving_repo(args)
+
+
+def test_recently_clicked_items_are_skipped_only_when_asked():
+    clicked = np.array([11, 14])
+    assert pick(ORDER, ITEMS, CATS, 3, PostFilters(), clicked).tolist() == [0, 1, 2]
+    assert pick(ORDER, ITEMS, CATS, 3, PostFilters(exclude_clicked=True), clicked).tolist() == [0, 2, 3]
+    rules = PostFilters(exclude_clicked=True, exclude_items=[10], max_per_category=1)
+    assert pick(ORDER, ITEMS, CATS, 3, rules, clicked).tolist() == [2, 3, 5]

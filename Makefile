@@ -53,7 +53,7 @@ bench: install redis-server ## Benchmarks; each prints one JSON line per measure
 	$(MAKE) demo-data
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/distillation.py
-	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/serving.py --split
 
 clean: ## Remove demo data (keeps .venv).
 	rm -rf $(DEMO)

@@ -5,7 +5,8 @@
 Starts a local Ray and Serve on free ports, deploys a trivial echo deployment and the recommender with the shipped
 `serve_apps/recommender.yaml` args (one replica each, the same CPU share), and drives each with the same
 asyncio + httpx load generator at concurrency 1, 8 and 32. Prints one JSON line per (target, concurrency) with
-req/s, p50, p95, p99 and errors, then the ratios the targets are stated in.
+req/s, p50, p95, p99 and errors, then the ratios the targets are stated in. With `--split` the `split` plan
+(ingress + Ranker deployment, one handle hop per batch) is measured too, for comparison.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--config", default="serve_apps/recommender.yaml")
+    parser.add_argument("--split", action="store_true", help="also measure the split composition plan")
     args = parser.parse_args()
 
     import pyarrow.parquet as pq
@@ -68,8 +70,7 @@ def main() -> None:
     from ray import serve
 
     from rayml.serving import RecommenderArgs
-    from rayml.serving.app import Recommender
-    from rayml.serving.config import load_serving_repo
+    from rayml.serving.app import build_recommender
 
     app_args = RecommenderArgs.model_validate(yaml.safe_load(Path(args.config).read_text())["applications"][0]["args"])
     app_args = app_args.model_copy(update={"feature_log": None, "event_log": None})
@@ -87,14 +88,17 @@ def main() -> None:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(Echo.bind(), name="echo", route_prefix="/echo")
-    recommender = Recommender.options(num_replicas=1, max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5})
-    serve.run(recommender.bind(app_args.model_dump(), load_serving_repo(app_args).model_dump()),
-              name="recommender", route_prefix="/")
+    # The deployments' defaults: one replica, 0.5 CPU, max_ongoing_requests 32 (the Ranker: 0.5 CPU too).
+    serve.run(build_recommender(app_args), name="recommender", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
+    targets = [("echo", f"{base}/echo", echo_bodies), ("recommend", f"{base}/recommend", rec_bodies)]
+    if args.split:
+        serve.run(build_recommender(app_args.model_copy(update={"plan": "split"})), name="split", route_prefix="/split")
+        targets.append(("recommend_split", f"{base}/split/recommend", rec_bodies))
     results: dict[tuple[str, int], dict] = {}
     try:
         for concurrency in (1, 8, 32):
-            for name, url, bodies in (("echo", f"{base}/echo", echo_bodies), ("recommend", f"{base}/recommend", rec_bodies)):
+            for name, url, bodies in targets:
                 result = asyncio.run(drive(url, bodies, concurrency, args.seconds))
                 results[(name, concurrency)] = result
                 print(json.dumps({"benchmark": "serving", "target": name, "concurrency": concurrency, **result}))

@@ -226,7 +226,9 @@ class Recommender:
                 batch.fail(exc)
         return self.core.finish_many(prepared)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # no wait: batches form from what queued meanwhile
+    # No wait: batches form from what queued meanwhile. Several batches at once only matter in the split plan,
+    # where a batch awaits the Ranker deployment; fused batches run inline, one after the other.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, max_concurrent_batches=4)
     async def _recommend_batch(self, calls: list[RecommendCall]) -> list[Recommendation | Exception]:
         """Concurrent requests share one ONNX call per ranker version.
 

@@ -447,5 +447,5 @@ def build_recommender(args: RecommenderArgs) -> Application:
     repo = load_serving_repo(args)
     ranker = None
     if args.plan == "split":
-        ranker = Ranker.bind(args.registry, args.ranker_model, args.precision)  # type: ignore[attr-defined]
+        ranker = Ranker.bind(args.registry, args.ranker_model, args.precision, args.ranker_alias)  # type: ignore[attr-defined]
     return Recommender.bind(args.model_dump(), repo.model_dump(), ranker)  # type: ignore[attr-defined]

@@ -69,10 +69,13 @@ class RankerSessions:
 class Ranker:
     """Scores encoded rows for the ingress replicas; ``user_config`` tunes its batching live."""
 
-    def __init__(self, registry: str, model: str, precision: str) -> None:
+    def __init__(self, registry: str, model: str, precision: str, preload: str) -> None:
+        """``preload``: the alias the ingress serves by default, loaded now so a bad deploy (e.g. a GPU node
+        without onnxruntime-gpu) fails at start, not on the first request."""
         gpu = bool(ray.get_gpu_ids())  # num_gpus in the deployment's ray_actor_options
         self.sessions = RankerSessions(registry, model, "fp32" if gpu and precision == "auto" else precision, gpu)
         self.device = "cuda" if gpu else "cpu"
+        self.sessions.session(self.sessions.registry.get(model, preload).label)
 
     def reconfigure(self, config: dict) -> None:
         """``user_config``: ``max_batch_size``, ``batch_wait_timeout_s``."""

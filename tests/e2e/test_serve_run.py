@@ -72,12 +72,18 @@ def wait_for_recommendation(port: int, process: subprocess.Popen, timeout_s: flo
     raise AssertionError("the app never answered")
 
 
+def _default_sigint() -> None:
+    """Ctrl-C works in the child even when this run was started in the background (`cmd &` in a script ignores
+    SIGINT, and children inherit that), as it does in a user's terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def cli_process(cmd: list[str], cwd: Path, log_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run ``cmd`` in its own session with a private RAY_TMPDIR; afterwards kill whatever is left, by PID."""
     ray_tmp = tempfile.mkdtemp(prefix="/tmp/rs")
     process = subprocess.Popen(cmd, cwd=cwd, env=cli_env() | {"RAY_TMPDIR": ray_tmp}, start_new_session=True,
-                               stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+                               stdout=log_path.open("w"), stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
     try:
         yield process, ray_tmp
     finally:

@@ -11,20 +11,24 @@ import pytest
 import requests
 
 from rayml.serving.filters import PostFilters
+from tests.integration.test_serving_swap import copy_version
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def split_url(serve_url, recommender_args):
-    """The same app, plan `split` (the ranker in its own deployment, reached through a Serve handle), and
-    recently clicked items excluded."""
+def split_url(serve_url, recommender_args, trained):
+    """The same app, plan `split` (the ranker in its own deployment, reached through a Serve handle), recently
+    clicked items excluded, and alias `delta` served beside the default (a copy of v1 that a test corrupts)."""
     from ray import serve
 
     from rayml.serving.app import build_recommender
 
+    registry, _ = trained
+    registry.set_alias("ranker", "delta", copy_version(registry, "1", "the split plan's extra alias"))
     args = recommender_args.model_copy(update={"plan": "split", "feature_log": None, "event_log": None,
-                                               "filters": PostFilters(exclude_clicked=True)})
+                                               "filters": PostFilters(exclude_clicked=True),
+                                               "ranker_aliases": ["delta"], "alias_poll_s": 0})
     serve.run(build_recommender(args), name="split", route_prefix="/split")
     yield f"{serve_url}/split"
     serve.delete("split")
@@ -141,3 +145,18 @@ def test_oversized_body_gets_413_naming_the_body(serve_url, recommender_args, pa
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body"] and f"max_body_bytes={limit}" in detail["msg"]
     assert requests.post(f"{serve_url}/score", json={"user_id": 1, "item_ids": [1]}, timeout=30).status_code == 200
+
+
+def test_split_plan_version_the_ranker_cannot_load_gets_503_and_spares_the_others(split_url, trained):
+    """The ingress loaded alias delta's encoders; then its ONNX file was corrupted on storage, so the Ranker
+    deployment's checksum check refuses it: requests for delta get 503 + Retry-After, the default keeps answering."""
+    registry, _ = trained
+    served = requests.get(f"{split_url}/healthz", timeout=30).json()["aliases"]["delta"]
+    onnx = registry.get("ranker", served.rsplit(":v", 1)[1]).file("model.onnx")
+    onnx.chmod(0o644)
+    onnx.write_bytes(b"not an onnx model")
+    bad = requests.post(f"{split_url}/recommend", json={"user_id": 3, "k": 5, "model_alias": "delta"}, timeout=30)
+    assert bad.status_code == 503 and bad.headers["retry-after"] == "1"
+    assert "ranker deployment" in bad.json()["detail"]
+    good = requests.post(f"{split_url}/recommend", json={"user_id": 3, "k": 5}, timeout=30)
+    assert good.status_code == 200 and good.json()["model_version"] == "ranker:v1"

@@ -25,7 +25,7 @@ from rayml.serving import oip
 from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.batching import apply_batching, batching_state
 from rayml.serving.config import RecommenderArgs, load_serving_repo
-from rayml.serving.http_guards import BodyLimit, Counter, InFlight
+from rayml.serving.http_guards import BodyLimit, InFlight, RequestCount
 from rayml.serving.ranker import Ranker
 from rayml.serving.recommender import (
     Recommendation,
@@ -111,7 +111,7 @@ class RankerUnavailable(RuntimeError):
 api = FastAPI(title="rayml recommender", version="0.1.0")
 BODY_LIMIT = {"max_bytes": RecommenderArgs.model_fields["max_body_bytes"].default}  # this replica's, set at init
 api.add_middleware(BodyLimit, max_bytes=lambda: BODY_LIMIT["max_bytes"])
-IN_FLIGHT = Counter()  # HTTP requests inside this replica now
+IN_FLIGHT = RequestCount()  # HTTP requests inside this replica now
 api.add_middleware(InFlight, counter=IN_FLIGHT)  # added last: outermost, so it counts from the first byte
 
 
@@ -136,7 +136,8 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 @serve.ingress(api)
 class Recommender:
-    """One replica holds the ranker, features and candidates in memory: no extra handle hops."""
+    """The ingress: candidates, features and filters in memory; the ranker too (fused plan) or behind a handle
+    to the `Ranker` deployment (split plan)."""
 
     def __init__(self, args: dict, repo: dict, ranker: Any = None) -> None:
         """``ranker``: the split plan's handle to the :class:`rayml.serving.ranker.Ranker` deployment."""

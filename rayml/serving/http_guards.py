@@ -67,7 +67,7 @@ async def _too_large(send: Send, limit: int) -> None:
 class InFlight:
     """``app.add_middleware(InFlight, counter=c)``: ``c.value`` is the number of HTTP requests in the app now."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], counter: Counter) -> None:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], counter: RequestCount) -> None:
         self.app = app
         self.counter = counter
 
@@ -82,5 +82,8 @@ class InFlight:
             self.counter.value -= 1
 
 
-class Counter:
-    value = 0
+class RequestCount:
+    """A mutable count shared by a middleware and the app's handlers (one event loop: no lock)."""
+
+    def __init__(self) -> None:
+        self.value = 0

@@ -19,7 +19,7 @@ from ray import serve
 from rayml.inference import ort_session
 from rayml.registry import ModelRegistry
 from rayml.serving.batching import apply_batching, batching_state
-from rayml.serving.stages import ranker_artifact
+from rayml.serving.stages import ranker_artifact, split_rows
 
 
 class RankerSessions:
@@ -49,16 +49,12 @@ class RankerSessions:
 
     def score(self, labels: list[str], rows: list[np.ndarray]) -> list[np.ndarray]:
         """Scores of each request's rows: one ONNX call per version across all requests."""
-        out: list[np.ndarray | None] = [None] * len(rows)
+        out: dict[int, np.ndarray] = {}
         for label in dict.fromkeys(labels):
             members = [i for i, name in enumerate(labels) if name == label]
-            features = np.concatenate([rows[i] for i in members])
-            scores = self.session(label).run(["score"], {"features": features})[0]
-            offset = 0
-            for i in members:
-                out[i] = scores[offset : offset + len(rows[i])]
-                offset += len(rows[i])
-        return [s for s in out if s is not None]
+            scores = self.session(label).run(["score"], {"features": np.concatenate([rows[i] for i in members])})[0]
+            out.update(zip(members, split_rows(scores, [len(rows[i]) for i in members]), strict=True))
+        return [out[i] for i in range(len(rows))]
 
     @property
     def loaded(self) -> list[str]:
@@ -75,7 +71,7 @@ class Ranker:
         gpu = bool(ray.get_gpu_ids())  # num_gpus in the deployment's ray_actor_options
         self.sessions = RankerSessions(registry, model, "fp32" if gpu and precision == "auto" else precision, gpu)
         self.device = "cuda" if gpu else "cpu"
-        self.sessions.session(self.sessions.registry.get(model, preload).label)
+        self.sessions.session(f"{model}:v{self.sessions.registry.metadata(model, preload)['version']}")
 
     def reconfigure(self, config: dict) -> None:
         """``user_config``: ``max_batch_size``, ``batch_wait_timeout_s``."""

@@ -28,6 +28,7 @@ from rayml.serving.stages import (
     Ranking,
     UnknownAliasError,
     UnknownUserError,
+    split_rows,
 )
 
 __all__ = ["RecommendCall", "Recommendation", "RecommenderCore", "UnknownAliasError", "UnknownUserError"]
@@ -82,10 +83,8 @@ class RankingBatch:
         return np.concatenate([p.features for p in self.members]) if len(self.members) > 1 else self.members[0].features
 
     def set_scores(self, scores: np.ndarray) -> None:
-        offset = 0
-        for p in self.members:
-            p.scores = scores[offset : offset + len(p.item_ids)]
-            offset += len(p.item_ids)
+        for p, part in zip(self.members, split_rows(scores, [len(p.item_ids) for p in self.members]), strict=True):
+            p.scores = part
 
     def fail(self, error: Exception) -> None:
         for p in self.members:

@@ -269,6 +269,11 @@ class Ranking:
         return ranker.session.run(["score"], {"features": features})[0]
 
 
+def split_rows(scores: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    """Scores of rows that several requests concatenated, handed back per request (``lengths``: rows each)."""
+    return np.split(scores, np.cumsum(lengths)[:-1])
+
+
 # ----- post-filtering -----
 
 

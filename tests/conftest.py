@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +32,30 @@ TINY_MODELS = ModelsConfig.model_validate(
 
 
 MEASURED: dict[str, str] = {}  # figures tests measured; printed at the end of the run
+_TOKEN_DIR: list[str] = []
+
+
+def pytest_configure(config) -> None:
+    """Ray token auth stays on, with a fresh token of this run's own (never ~/.ray/auth_token).
+
+    `ray start --head` does not create a token where none exists (a fresh machine), and a token left in HOME by an
+    earlier run would hide that. Every Ray this run starts (ray.init, ray start, serve run, ray job submit) reads
+    ``RAY_AUTH_TOKEN_PATH`` from the environment.
+    """
+    if "RAY_AUTH_TOKEN_PATH" in os.environ or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    folder = tempfile.mkdtemp(prefix="rayml-token-")
+    path = Path(folder) / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    _TOKEN_DIR.append(folder)
+
+
+def pytest_unconfigure(config) -> None:
+    for folder in _TOKEN_DIR:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

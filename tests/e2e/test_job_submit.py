@@ -36,6 +36,23 @@ def test_candidate_job_succeeds_under_ray_job_submit(ray_cluster, trained, tiny_
     assert len(users) == len(set(users)) == tiny_world.n_users
 
 
+@pytest.mark.parametrize("token", [None, "0" * 64], ids=["no-token", "wrong-token"])
+def test_job_submit_without_the_clusters_token_is_refused(ray_cluster, tmp_path, token):
+    """Token auth is on: a client without the cluster's token (or with another) cannot run code on it."""
+    env = cli_env()
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
+    marker = tmp_path / "ran"
+    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster, "--", "touch", str(marker)]
+    result = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0, log[-2000:]
+    assert re.search(r"(?i)authenticat|unauthori[sz]ed|401|token", log), log[-2000:]
+    assert not marker.exists()
+
+
 def test_bad_config_key_fails_the_job_with_a_clear_line(ray_cluster, tmp_path):
     bad = tmp_path / "bad-candidates.yaml"  # the job runs on this host, so it can read tmp_path
     bad.write_text("users: u\nregistry: r\noutput: o\ntopk: 5\n")

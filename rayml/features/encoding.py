@@ -2,12 +2,17 @@
 
 Numeric columns are standardised with a missing-value indicator; string columns are one-hot over a
 vocabulary learned at fit time, with one extra slot for unknown or missing values.
+
+:meth:`FeatureEncoder.transform` reads a pyarrow table (training, batch); :meth:`FeatureEncoder.transform_columns`
+gives the same matrix bit for bit straight from numpy columns, the form online lookups return (serving).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,18 @@ class NumericStats:
 class CategoricalVocab:
     name: str
     values: list[str]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :meth:`FeatureEncoder.transform_columns` precomputes once per encoder."""
+
+    width: int
+    numeric: list[str]
+    mean: np.ndarray  # [k, 1] float64
+    std: np.ndarray  # [k, 1] float64
+    # per categorical column: name, value → output column, output column of <unknown>, the vocabulary as arrow
+    categorical: list[tuple[str, dict[str | None, int], int, pa.Array]]
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,76 @@ class FeatureEncoder:
             offset += len(vocab.values) + 1
         return out
 
+    def transform_columns(self, columns: Mapping[str, np.ndarray], n: int | None = None) -> np.ndarray:
+        """Encode numpy columns (e.g. ``Lookup.columns``) without pyarrow. Returns float32 [rows, width].
+
+        The result equals ``transform(pa.table({name: pa.array(values), ...}))`` bit for bit. Numeric columns of a
+        numeric or bool dtype and string columns of object dtype holding ``str`` or ``None`` (what the online
+        stores return) take the fast path; any other column takes the pyarrow path of :meth:`transform`.
+
+        Args:
+            columns: source column name → 1-d array, all of one length (extra columns are ignored).
+            n: rows; needed only when the encoder reads no columns.
+
+        Raises:
+            KeyError: a source column is absent.
+            ValueError: the columns differ in length, or ``n`` is missing where it is needed.
+        """
+        plan = self._plan
+        try:
+            numeric = [columns[c] for c in plan.numeric]
+            categorical = [columns[c] for c, _, _, _ in plan.categorical]
+        except KeyError:
+            raise KeyError(f"feature columns lack {[c for c in self.columns if c not in columns]}") from None
+        lengths = set(map(len, numeric + categorical))
+        if n is None:
+            if not lengths:
+                raise ValueError("n is required when the encoder reads no columns")
+            n = len(numeric[0] if numeric else categorical[0])
+        if lengths - {n}:
+            got = {name: len(columns[name]) for name in self.columns}
+            raise ValueError(f"got columns of lengths {got}; every column must have {n} rows")
+        k = len(numeric)
+        out = np.zeros((n, plan.width), dtype=np.float32)
+        if k:
+            try:  # numbers and bools as they are: the casts equal what transform gets from arrow
+                x = np.concatenate(numeric, dtype=np.float64, casting="same_kind").reshape(k, n)  # [k, n]
+            except TypeError:  # e.g. numbers in object arrays: read them as transform does
+                x = np.array([_as_float(np.asarray(values)) for values in numeric], dtype=np.float64)
+            nan = ~np.isfinite(x)
+            z = (x - plan.mean) / plan.std  # [k, n]; the same float64 arithmetic as transform
+            z[nan] = 0.0
+            out[:, :k] = z.T
+            out[:, k : 2 * k] = nan.T
+        if categorical and n:
+            flat = np.array([_slots(values, index, unknown, vocab)  # [c, n] output column set to 1
+                             for values, (_, index, unknown, vocab) in zip(categorical, plan.categorical, strict=True)],
+                            dtype=np.intp)
+            if n > 1:
+                flat += np.arange(0, n * plan.width, plan.width)  # row offsets into the flat matrix
+            out.reshape(-1)[flat] = 1.0
+        return out
+
+    @cached_property
+    def _plan(self) -> _Plan:
+        # cached_property stores into the instance __dict__, which a frozen (non-slots) dataclass still has.
+        offset = 2 * len(self.numeric)
+        categorical = []
+        for vocab in self.categorical:
+            index: dict[str | None, int] = {}
+            for i, value in enumerate(vocab.values):
+                index.setdefault(value, offset + i)  # first occurrence, as pc.index_in
+            unknown = offset + len(vocab.values)
+            categorical.append((vocab.name, index, unknown, pa.array(vocab.values, pa.string())))
+            offset = unknown + 1
+        return _Plan(
+            width=self.width,
+            numeric=[s.name for s in self.numeric],
+            mean=np.array([s.mean for s in self.numeric], dtype=np.float64).reshape(-1, 1),
+            std=np.array([s.std for s in self.numeric], dtype=np.float64).reshape(-1, 1),
+            categorical=categorical,
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -113,3 +200,31 @@ class FeatureEncoder:
     @classmethod
     def load(cls, path: str | Path) -> FeatureEncoder:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _as_float(values: np.ndarray) -> np.ndarray:
+    """A numeric source column as float64, as ``transform`` reads it from ``pa.array(values)``."""
+    if values.dtype.kind in "biuf":
+        return values.astype(np.float64)
+    return pa.array(values).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _slots(values: np.ndarray, index: dict[str | None, int], unknown: int, vocab: pa.Array) -> list[int] | np.ndarray:
+    """Output column of each value of a categorical source column: its vocabulary slot or ``unknown``."""
+    values = np.asarray(values)
+    if values.dtype == object:
+        get = index.get
+        try:
+            slots = [get(v, unknown) for v in values]
+        except TypeError:  # unhashable values
+            slots = None
+        # Strings (numpy's too) hash like str, so only values left unknown need a look at their type.
+        if slots is not None and (unknown not in slots or all(
+                v is None or isinstance(v, str) for v, s in zip(values, slots, strict=True) if s == unknown)):
+            return slots
+    elif values.dtype.kind == "f" and "nan" not in index and np.isnan(values).all():
+        return [unknown] * len(values)  # Redis returns all-missing strings as NaN; arrow would cast them to "nan"
+    # Anything else (numbers, numpy string arrays, …) is cast to string by arrow exactly as transform does.
+    codes = pc.index_in(pa.array(values).cast(pa.string()), value_set=vocab).to_numpy(zero_copy_only=False)
+    codes = np.where(np.isnan(codes.astype(np.float64)), len(vocab), codes).astype(np.int64)
+    return unknown - len(vocab) + codes

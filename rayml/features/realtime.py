@@ -42,6 +42,10 @@ class RealtimeConfig(StrictModel):
         {"5m": 300, "1h": 3600}, min_length=1, description="Window name → length in seconds (a multiple of bucket_s)."
     )
     max_future_s: float = Field(60, ge=0, description="Events stamped later than now + this are refused (clock skew).")
+    max_past_s: float = Field(
+        86_400, gt=0, le=366 * 86_400,
+        description="Events stamped earlier than now - this are refused (backfills go through the offline path).",
+    )
     recent_clicks: int = Field(
         50, ge=0, le=10_000, description="Last N clicked items kept per user (post-filters exclude them); 0: none kept."
     )

@@ -5,6 +5,7 @@ Layout under the root URI (a local path by default; ``s3://bucket/prefix`` etc. 
     <model>/versions/<N>/            artifact files + metadata.json (written last; never modified after)
     <model>/aliases.json             {"production": 3, "canary": 4}
     <model>/alias_history.jsonl      one line per alias move
+    <model>/serving.json             per alias: the last version a server loaded, versions servers refused
 
 On a local filesystem a version is staged under a unique name and renamed into place, so racing writers get
 distinct numbers and readers never see half a version. On object stores (no atomic directory rename) files are
@@ -281,7 +282,42 @@ class ModelRegistry:
             history = f"{model_dir}/alias_history.jsonl"
             old = self._read_text(history) if self._exists(history) else ""
             self._write_atomic(history, old + json.dumps(event) + "\n")
+            record = self.serving_record(name)
+            if str(number) in record.get(alias, {}).get("refused", {}):
+                del record[alias]["refused"][str(number)]  # an explicit move retries a refused version
+                self._write_atomic(f"{model_dir}/serving.json", json.dumps(record, indent=1, sort_keys=True))
         return number
+
+    def serving_record(self, name: str) -> dict[str, dict[str, Any]]:
+        """What servers reported per alias: ``{"production": {"known_good": 3, "refused": {"4": "why"}}}``."""
+        path = self._model_dir(name) + "/serving.json"
+        if not self._exists(path):
+            return {}
+        try:
+            return json.loads(self._read_text(path))
+        except (OSError, ValueError):
+            return {}  # a damaged record only costs the fallback, never the serving
+
+    def record_serving(self, name: str, alias: str, version: int, error: str | None = None) -> None:
+        """A server loaded ``version`` for ``alias`` (it becomes the alias's last known-good one), or refused it.
+
+        A later server that finds the alias on a refused version serves the known-good one instead; moving the
+        alias again (``set_alias``, i.e. promote) clears that version's refusal, so an operator can retry it.
+        """
+        model_dir = self._model_dir(name)
+        with self._alias_lock(model_dir):
+            record = self.serving_record(name)
+            entry = record.setdefault(alias, {"known_good": None, "refused": {}})
+            if error is None:
+                if entry.get("known_good") == version and str(version) not in entry["refused"]:
+                    return  # nothing new: no write from every replica at every poll
+                entry["known_good"] = version
+                entry["refused"].pop(str(version), None)
+            else:
+                if entry["refused"].get(str(version)) == error:
+                    return
+                entry["refused"][str(version)] = error
+            self._write_atomic(f"{model_dir}/serving.json", json.dumps(record, indent=1, sort_keys=True))
 
     @contextlib.contextmanager
     def _alias_lock(self, model_dir: str):

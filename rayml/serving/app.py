@@ -1,19 +1,19 @@
-"""Ray Serve application: FastAPI ingress over :class:`RecommenderCore`."""
+"""Ray Serve application: the recommender deployment (FastAPI ingress over :class:`RecommenderCore`).
+
+Routes by concern: recommend, score and events here; OIP in :mod:`rayml.serving.oip_routes`; health in
+:mod:`rayml.serving.health_routes`; the FastAPI object, middlewares and error shapes in :mod:`rayml.serving.http_api`.
+"""
 
 # No `from __future__ import annotations`: FastAPI must see the real request-model classes.
 
 import logging
-import math
 import threading
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 from ray.util import metrics
@@ -21,11 +21,14 @@ from ray.util import metrics
 from rayml.features.definitions import FeatureRepo
 from rayml.features.realtime import Events
 from rayml.features.redis_store import OnlineStoreUnavailable
-from rayml.serving import oip
+from rayml.serving.auth import TokenStore
 from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.batching import apply_batching, batching_state
 from rayml.serving.config import RecommenderArgs, load_serving_repo
-from rayml.serving.http_guards import BodyLimit, InFlight, RequestCount
+from rayml.serving.health import ReplicaHealth
+from rayml.serving.health_routes import HealthRoutes
+from rayml.serving.http_api import EDGE, IN_FLIGHT, Authorization, api, responses, unavailable
+from rayml.serving.oip_routes import OIPRoutes, RankerUnavailable, document_oip
 from rayml.serving.ranker import Ranker
 from rayml.serving.recommender import (
     Recommendation,
@@ -34,108 +37,23 @@ from rayml.serving.recommender import (
     UnknownAliasError,
     UnknownUserError,
 )
+from rayml.serving.schemas import (
+    EventsRequest,
+    EventsResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
 from rayml.serving.stages import LoadedRanker
 
-MAX_ID = 2**63 - 1  # ids are int64 everywhere
+__all__ = ["RankerUnavailable", "Recommender", "RecommenderIngress", "build_recommender"]
 
-
-class RecommendRequest(BaseModel):
-    """Body of ``POST /recommend``. Strict: ``"5"`` is not an int, unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    user_id: int = Field(ge=0, le=MAX_ID, description="User to recommend for.")
-    k: int | None = Field(None, ge=1, description="Number of items; default and maximum come from the app config.")
-    explain: bool = Field(False, description="Also return the raw online features behind the answer.")
-    model_alias: str | None = Field(None, max_length=64, description="Ranker alias (e.g. canary); default: the app's.")
-
-
-class RecommendResponse(BaseModel):
-    user_id: int
-    items: list[int]
-    scores: list[float]
-    model_version: str
-    feature_missing: int = Field(description="Entities of this request the online store did not know (defaults used).")
-    degraded: bool = Field(description="True when the online store was down: batch candidates in retrieval order.")
-    features: dict[str, dict[str, list]] | None = None
-    candidates: str = Field(description="batch: precomputed candidates; realtime: two-tower retrieval at request time.")
-
-
-class Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    user_id: int = Field(ge=0, le=MAX_ID)
-    item_id: int = Field(ge=0, le=MAX_ID)
-    clicked: bool
-    ts: float | None = Field(None, ge=0, allow_inf_nan=False, description="Event time, epoch seconds; default: now.")
-
-
-class EventsRequest(BaseModel):
-    """Body of ``POST /events``: impressions (clicked or not) that feed the real-time windows."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    events: list[Event] = Field(min_length=1, max_length=10_000)
-
-
-class EventsResponse(BaseModel):
-    accepted: int
-
-
-class ScoreRequest(BaseModel):
-    """Body of ``POST /score``: score these items for this user (any items, not only its candidates)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    user_id: int = Field(ge=0, le=MAX_ID)
-    item_ids: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(min_length=1, max_length=10_000)
-
-
-class ScoreResponse(BaseModel):
-    user_id: int
-    items: list[int]
-    scores: list[float]
-    model_version: str
-    feature_missing: int
-
-
-def oip_error(status: int, message: str) -> JSONResponse:
-    """The Open Inference Protocol's error body: ``{"error": "..."}``."""
-    return JSONResponse(status_code=status, content={"error": message})
-
-
-class RankerUnavailable(RuntimeError):
-    """The split plan's Ranker deployment did not answer."""
-
-
-api = FastAPI(title="rayml recommender", version="0.1.0")
-BODY_LIMIT = {"max_bytes": RecommenderArgs.model_fields["max_body_bytes"].default}  # this replica's, set at init
-api.add_middleware(BodyLimit, max_bytes=lambda: BODY_LIMIT["max_bytes"])
-IN_FLIGHT = RequestCount()  # HTTP requests inside this replica now
-api.add_middleware(InFlight, counter=IN_FLIGHT)  # added last: outermost, so it counts from the first byte
-
-
-@api.exception_handler(RequestValidationError)
-async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422, made safe for inputs JSON cannot encode (``Infinity``/``NaN`` literals would make it a 500)."""
-    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
-
-
-def _finite(value):
-    """``value`` with every non-finite float replaced by its name (strict JSON has no Infinity or NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 logger = logging.getLogger("ray.serve")
+document_oip(api)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
-@serve.ingress(api)
-class Recommender:
+class RecommenderIngress(HealthRoutes, OIPRoutes):
     """The ingress: candidates, features and filters in memory; the ranker too (fused plan) or behind a handle
     to the `Ranker` deployment (split plan)."""
 
@@ -144,7 +62,10 @@ class Recommender:
         # Serve ships init args to replicas as plain data, so the models travel as dicts.
         self.core = RecommenderCore(RecommenderArgs.model_validate(args), FeatureRepo.model_validate(repo))
         self.ranker = ranker
-        BODY_LIMIT["max_bytes"] = self.core.args.max_body_bytes
+        args = self.core.args
+        EDGE.update(max_body_bytes=args.max_body_bytes, access_log_sample=args.access_log_sample)
+        self.auth = TokenStore(args.auth)
+        self.health = ReplicaHealth(args.health.stall_s, args.health.failing_after)
         backend = {"backend": self.core.features.backend}
         self.store_errors = metrics.Counter(
             "rayml_online_store_errors", "Online-store calls that failed (store down).", tag_keys=("backend",)
@@ -158,15 +79,21 @@ class Recommender:
         ).set_default_tags(backend)
         self._errors_seen = 0
         self.latency = LatencyWindow(window_s=10.0)
-        if self.core.args.ranker_aliases and self.core.args.alias_poll_s > 0:
+        if args.alias_poll_s > 0:
             threading.Thread(target=self._poll_aliases, name="alias-poll", daemon=True).start()
 
     def _poll_aliases(self) -> None:
-        """Follow registry alias moves (promote, rollback) without a restart or a dropped request."""
+        """Follow registry alias moves (promote, rollback) without a restart or a dropped request.
+
+        Loads happen on this thread, off the request path; each swap is one reference assignment.
+        """
         served: dict[str, str] = {}
         while True:
             time.sleep(self.core.args.alias_poll_s)
             now = self.core.ranking.refresh_aliases()
+            retriever = self.core.retrieval.follower
+            if retriever is not None and retriever.refresh():
+                logger.info("serving retriever %s", retriever.label)
             if now != served:
                 logger.info("serving ranker aliases %s", now)
                 served = now
@@ -182,7 +109,7 @@ class Recommender:
     def _store_down(self, detail: str) -> HTTPException:
         """The 503 a request gets while the online store is down (counted; clients retry after a second)."""
         self._count_store_errors()
-        return HTTPException(status_code=503, detail=detail, headers={"Retry-After": "1"})
+        return unavailable(detail)
 
     def _count_store_errors(self) -> None:
         errors = self.core.features.errors
@@ -193,8 +120,10 @@ class Recommender:
     def reconfigure(self, config: dict) -> None:
         """Live `user_config`, applied without a restart.
 
-        - ``ranker_alias``: swap the default ranker. A version that fails to load (missing, corrupt, failed
-          parity) is refused: the current ranker keeps serving and ``/healthz`` reports the error.
+        - ``ranker_alias``: the reference the default ranker follows from now on. It names *what* to follow; the
+          registry says *where it points*: an alias (``production``) follows every promote and rollback, a version
+          number (``"3"``) is pinned. A reference that cannot be loaded is refused: the current one keeps serving
+          and ``/healthz`` reports it.
         - ``max_batch_size`` / ``batch_wait_timeout_s``: tune the dynamic batching of ranker calls.
         """
         apply_batching(self._recommend_batch, config, allowed={"ranker_alias"})
@@ -207,23 +136,33 @@ class Recommender:
         except Exception:
             logger.exception("ranker %r refused; still serving %s", ref, self.core.model_version)
 
+    def _score_here(self, ranker: LoadedRanker, features: np.ndarray) -> np.ndarray:
+        """The fused plan's model call, counted for liveness (a run of failures makes the replica failing)."""
+        try:
+            scores = self.core.ranking.score(ranker, features)
+        except Exception as exc:
+            self.health.calls.failed(exc)
+            raise
+        self.health.calls.ok()
+        return scores
+
     async def _rank(self, ranker: LoadedRanker, features: np.ndarray) -> np.ndarray:
         """Scores of encoded rows: here (fused plan) or by the Ranker deployment (split plan)."""
         if self.ranker is None:
-            return self.core.ranking.score(ranker, features)
+            return self._score_here(ranker, features)
         try:
             return await self.ranker.score.remote((ranker.model_version, features))
         except Exception as exc:
             raise RankerUnavailable(f"ranker deployment: {type(exc).__name__}: {exc}") from exc
 
     async def _answer(self, calls: list[RecommendCall]) -> list[Recommendation | Exception]:
-        if self.ranker is None:
-            return self.core.recommend_many(calls)  # fused: inline, no await between stages
         prepared = self.core.prepare_many(calls)
         for batch in self.core.ranking_batches(prepared):
-            try:
-                batch.set_scores(await self._rank(batch.ranker, batch.features))
-            except RankerUnavailable as exc:
+            try:  # fused: scored inline, no await between the stages
+                scores = self._score_here(batch.ranker, batch.features) if self.ranker is None else \
+                    await self._rank(batch.ranker, batch.features)
+                batch.set_scores(scores)
+            except Exception as exc:  # this batch's requests fail; the others are answered
                 batch.fail(exc)
         return self.core.finish_many(prepared)
 
@@ -247,8 +186,10 @@ class Recommender:
     def batching(self) -> dict[str, float]:
         return {**batching_state(self._recommend_batch), "largest_batch": self.core.largest_batch}
 
-    @api.post("/recommend", response_model=RecommendResponse)
-    async def recommend(self, request: RecommendRequest) -> JSONResponse:
+    @api.post("/recommend", response_model=RecommendResponse, responses=responses(401, 403, 404, 413, 422, 429, 503))
+    async def recommend(self, request: RecommendRequest, authorization: Authorization) -> JSONResponse:
+        """Top ``k`` items for a user. ``explain: true`` needs the admin role (it returns raw features)."""
+        self.auth.check(authorization, "admin" if request.explain else "read")
         k = request.k or self.core.args.default_k
         if k > self.core.args.max_k:
             raise HTTPException(
@@ -271,7 +212,7 @@ class Recommender:
         except OnlineStoreUnavailable:
             raise self._store_down("online store unavailable and the user has no batch candidates") from None
         except RankerUnavailable as exc:
-            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "1"}) from None
+            raise unavailable(str(exc)) from None
         finally:
             self.latency.add(time.perf_counter() - started)
         if rec.degraded:
@@ -283,19 +224,28 @@ class Recommender:
         # Built directly (the schema above documents it): skips re-validating what the core just produced.
         return JSONResponse({"user_id": rec.user_id, "items": rec.items, "scores": rec.scores,
                              "model_version": rec.model_version, "feature_missing": rec.feature_missing,
-                             "degraded": rec.degraded, "features": rec.features, "candidates": rec.candidates})
+                             "degraded": rec.degraded, "features": rec.features, "candidates": rec.candidates},
+                            headers={"x-model-version": rec.model_version})
 
-    @api.post("/events")
-    def events(self, request: EventsRequest) -> EventsResponse:
-        """Ingest impressions into the real-time windows (and the event log); 503 while the store is down."""
+    @api.post("/events", responses=responses(401, 403, 404, 413, 422, 503))
+    def events(self, request: EventsRequest, authorization: Authorization) -> EventsResponse:
+        """Ingest impressions into the real-time windows (and the event log); needs the ingest role.
+
+        503 while the store is down. Events stamped more than ``realtime.max_future_s`` ahead or
+        ``realtime.max_past_s`` back are refused (422 naming ``events.<i>.ts``), and a refused batch adds nothing.
+        """
+        self.auth.check(authorization, "ingest")
         now = time.time()
-        limit = self.core.features.repo.realtime.max_future_s if self.core.features.repo.realtime else 0.0
-        late = [i for i, e in enumerate(request.events) if e.ts is not None and e.ts > now + limit]
-        if late:
-            raise HTTPException(status_code=422, detail=[
-                {"type": "future_timestamp", "loc": ["body", "events", i, "ts"],
-                 "msg": f"event time is more than {limit:g}s in the future", "input": request.events[i].ts}
-                for i in late])
+        realtime = self.core.features.repo.realtime
+        ahead, back = (realtime.max_future_s, realtime.max_past_s) if realtime else (0.0, float("inf"))
+        wrong = [{"type": "future_timestamp", "loc": ["body", "events", i, "ts"], "input": e.ts,
+                  "msg": f"event time is more than {ahead:g}s in the future"}
+                 for i, e in enumerate(request.events) if e.ts is not None and e.ts > now + ahead]
+        wrong += [{"type": "past_timestamp", "loc": ["body", "events", i, "ts"], "input": e.ts,
+                   "msg": f"event time is more than max_past_s={back:g}s in the past"}
+                  for i, e in enumerate(request.events) if e.ts is not None and e.ts < now - back]
+        if wrong:
+            raise HTTPException(status_code=422, detail=sorted(wrong, key=lambda w: w["loc"][2]))
         events = Events(
             user_id=np.array([e.user_id for e in request.events], np.int64),
             item_id=np.array([e.item_id for e in request.events], np.int64),
@@ -310,8 +260,10 @@ class Recommender:
             raise self._store_down(f"online store unavailable: {exc}") from None
         return EventsResponse(accepted=len(events))
 
-    @api.post("/score")
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    @api.post("/score", responses=responses(401, 403, 413, 422, 503))
+    async def score(self, request: ScoreRequest, authorization: Authorization) -> ScoreResponse:
+        """Scores of any items for a user, on their online features (the default ranker)."""
+        self.auth.check(authorization, "read")
         item_ids = np.asarray(request.item_ids, np.int64)
         try:
             ranker, features, missing = self.core.score_inputs(request.user_id, item_ids)
@@ -319,125 +271,16 @@ class Recommender:
         except OnlineStoreUnavailable as exc:
             raise self._store_down(f"online store unavailable: {exc}") from None
         except RankerUnavailable as exc:
-            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "1"}) from None
+            raise unavailable(str(exc)) from None
         return ScoreResponse(user_id=request.user_id, items=request.item_ids, scores=scores.astype(float).tolist(),
                              model_version=ranker.model_version, feature_missing=missing)
 
-    @api.get("/readyz")
-    def readyz(self):
-        """Ready when the models are loaded and the online store answers (503 otherwise)."""
-        try:
-            self.core.features.get(self.core.args.user_view, np.array([0]))
-        except OnlineStoreUnavailable as exc:
-            return JSONResponse(status_code=503, content={"ready": False, "reason": f"online store: {exc}"},
-                                headers={"Retry-After": "1"})
-        retriever = self.core.retrieval.retriever
-        return {"ready": True, "ranker": self.core.model_version,
-                "retriever": retriever.model_version if retriever else None,
-                "online_store": self.core.features.backend, "plan": self.core.args.plan}
 
-    # ----- Open Inference Protocol v2 (REST) -----
-
-    def _oip_models(self) -> dict[str, tuple[str, oip.TensorSpec, oip.TensorSpec]]:
-        ranker = self.core.ranker
-        models = {"ranker": (ranker.model_version,
-                             oip.TensorSpec(name="features", datatype="FP32", shape=[-1, ranker.width]),
-                             oip.TensorSpec(name="score", datatype="FP32", shape=[-1]))}
-        retriever = self.core.retrieval.retriever
-        if retriever is not None:
-            session = retriever.session
-            models["retriever"] = (
-                retriever.model_version,
-                oip.TensorSpec(name="user_features", datatype="FP32", shape=[-1, session.get_inputs()[0].shape[1]]),
-                oip.TensorSpec(name="embedding", datatype="FP32", shape=[-1, session.get_outputs()[0].shape[1]]),
-            )
-        return models
-
-    def _oip_model(self, name: str, version: str | None):
-        models = self._oip_models()
-        if name not in models:
-            return None, oip_error(404, f"model_name: unknown model {name!r}; served: {sorted(models)}")
-        label, spec_in, spec_out = models[name]
-        served = label.rsplit(":v", 1)[1]
-        if version is not None and version != served:
-            return None, oip_error(404, f"model_version: {name} serves version {served}, not {version!r}")
-        return (label, served, spec_in, spec_out), None
-
-    @api.get("/v2")
-    def oip_server(self) -> dict:
-        return {"name": "rayml", "version": api.version, "extensions": []}
-
-    @api.get("/v2/health/live")
-    def oip_live(self) -> dict:
-        return {"live": True}
-
-    @api.get("/v2/health/ready")
-    def oip_ready(self) -> dict:
-        return {"ready": True}
-
-    @api.get("/v2/models/{name}")
-    @api.get("/v2/models/{name}/versions/{version}")
-    def oip_metadata(self, name: str, version: str | None = None):
-        model, error = self._oip_model(name, version)
-        if error is not None:
-            return error
-        _, served, spec_in, spec_out = model
-        return oip.ModelMetadata(name=name, versions=[served], platform="onnxruntime_onnx", inputs=[spec_in],
-                                 outputs=[spec_out])
-
-    @api.get("/v2/models/{name}/ready")
-    @api.get("/v2/models/{name}/versions/{version}/ready")
-    def oip_model_ready(self, name: str, version: str | None = None):
-        _, error = self._oip_model(name, version)
-        return error if error is not None else {"name": name, "ready": True}
-
-    @api.post("/v2/models/{name}/infer")
-    @api.post("/v2/models/{name}/versions/{version}/infer")
-    async def oip_infer(self, name: str, request: oip.InferenceRequest, version: str | None = None):
-        model, error = self._oip_model(name, version)
-        if error is not None:
-            return error
-        _, _, spec_in, spec_out = model
-        if len(request.inputs) != 1:
-            return oip_error(400, f"inputs: {name} takes exactly one input ({spec_in.name!r}), got {len(request.inputs)}")
-        for i, wanted in enumerate(request.outputs or []):
-            if wanted.name != spec_out.name:
-                return oip_error(400, f"outputs[{i}].name: unknown output {wanted.name!r}; {name} returns {spec_out.name!r}")
-        try:
-            tensor = oip.decode(request.inputs[0], 0, spec_in)
-        except oip.TensorError as exc:
-            return oip_error(400, str(exc))
-        try:
-            label, result = await self._infer(name, tensor)
-        except RankerUnavailable as exc:
-            return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": "1"})
-        return oip.InferenceResponse(model_name=name, model_version=label.rsplit(":v", 1)[1], id=request.id,
-                                     outputs=[oip.encode(spec_out.name, np.asarray(result, np.float32))])
-
-    async def _infer(self, model: str, features: np.ndarray) -> tuple[str, np.ndarray]:
-        """A served model on an already-encoded batch: ``ranker`` → scores [N], ``retriever`` → embeddings."""
-        if model == "ranker":
-            ranker = self.core.ranker
-            return ranker.model_version, await self._rank(ranker, features)
-        retriever = self.core.retrieval.retriever
-        assert retriever is not None  # _oip_model checked the name
-        return retriever.model_version, retriever.session.run(None, {"user_features": features})[0]
-
-    @api.get("/healthz")
-    async def healthz(self) -> dict:
-        ranking = self.core.ranking
-        body = {"status": "ok", "model_version": self.core.model_version, "artifact": self.core.ranker.artifact,
-                "online_store": self.core.features.backend, "online_store_errors": self.core.features.errors,
-                "batching": self.batching()}
-        if self.ranker is not None:
-            body["ranker_deployment"] = await self.ranker.describe.remote()
-        if ranking.reload_error:
-            body["reload_error"] = ranking.reload_error
-        if self.core.args.ranker_aliases:
-            body["aliases"] = {alias: ranker.model_version for alias, ranker in ranking.aliases.items()}
-        if ranking.alias_errors:
-            body["alias_errors"] = dict(ranking.alias_errors)
-        return body
+# The class keeps an importable name (the deployment below is another object), so replicas import this module,
+# and Serve's class-based view applies to the mixins' routes there too instead of travelling by value without it.
+Recommender = serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)(
+    serve.ingress(api)(RecommenderIngress)
+)
 
 
 def build_recommender(args: RecommenderArgs) -> Application:

@@ -10,7 +10,17 @@ from pydantic import Field, field_validator, model_validator
 from rayml.config import ConfigError, StrictModel
 from rayml.features.definitions import FeatureRepo, load_feature_repo
 from rayml.features.feature_log import FeatureLogConfig
+from rayml.serving.auth import AuthConfig
 from rayml.serving.filters import PostFilters
+
+
+class HealthConfig(StrictModel):
+    """When a replica counts as failing (Serve replaces it) rather than degraded (it keeps serving)."""
+
+    stall_s: float = Field(10.0, gt=0, le=600, description="An event loop stalled longer than this is failing.")
+    failing_after: int = Field(
+        20, ge=1, le=100_000, description="This many model calls failing in a row (no success between) is failing."
+    )
 
 
 class RecommenderArgs(StrictModel):
@@ -27,7 +37,11 @@ class RecommenderArgs(StrictModel):
     ranker_aliases: list[str] = Field(
         [], description="More aliases served at once (e.g. canary, shadow), chosen per request by `model_alias`."
     )
-    alias_poll_s: float = Field(5.0, ge=0, description="How often served aliases are re-resolved; 0: never.")
+    alias_poll_s: float = Field(
+        5.0, ge=0, le=3600,
+        description="How often every served alias (ranker_alias, ranker_aliases, retriever_alias) is re-resolved "
+        "in the registry, so promote and rollback reach running replicas; 0: never.",
+    )
     retriever_model: str | None = Field(
         "retriever", description="Registry model whose user tower is served over OIP; null: not served."
     )
@@ -47,6 +61,11 @@ class RecommenderArgs(StrictModel):
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
     max_body_bytes: int = Field(
         1 << 20, ge=1024, le=1 << 30, description="Larger request bodies get 413 before they are read."
+    )
+    auth: AuthConfig = Field(AuthConfig(), description="Bearer tokens by role (read, ingest, admin).")
+    health: HealthConfig = Field(HealthConfig(), description="Liveness thresholds (see rayml.serving.health).")
+    access_log_sample: float = Field(
+        0.01, ge=0, le=1, description="Share of requests given an access-log line (every 5xx is logged)."
     )
 
     @field_validator("registry", "candidates", "features", "feature_state", "event_log")

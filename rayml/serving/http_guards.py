@@ -5,11 +5,15 @@
   limit, then refused.
 - :class:`InFlight`: counts the HTTP requests inside this replica's app, from their first byte to their answer,
   so a handler knows whether it is alone (and can skip the batch queue) or has company (and should batch).
+- :class:`AccessLog`: one structured line per request (request id, route, status, latency, model version).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -65,9 +69,10 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 class InFlight:
-    """``app.add_middleware(InFlight, counter=c)``: ``c.value`` is the number of HTTP requests in the app now."""
+    """``app.add_middleware(InFlight, counter=get)``: ``get().value`` is the number of HTTP requests in the app now."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], counter: RequestCount) -> None:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
+                 counter: Callable[[], RequestCount]) -> None:
         self.app = app
         self.counter = counter
 
@@ -75,11 +80,12 @@ class InFlight:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        self.counter.value += 1  # one event loop: no lock needed
+        counter = self.counter()
+        counter.value += 1  # one event loop: no lock needed
         try:
             await self.app(scope, receive, send)
         finally:
-            self.counter.value -= 1
+            counter.value -= 1
 
 
 class RequestCount:
@@ -87,3 +93,52 @@ class RequestCount:
 
     def __init__(self) -> None:
         self.value = 0
+
+
+class AccessLog:
+    """``app.add_middleware(AccessLog, sample_rate=lambda: r, sink=fn)``: one structured line per request.
+
+    Each line is a dict: ``request_id`` (the client's or HAProxy's ``x-request-id``, else a new one; also sent
+    back as a response header), ``method``, ``route``, ``status``, ``latency_ms`` (first byte in to last byte out)
+    and ``model_version`` (the ``x-model-version`` header the handler set). A ``sample_rate`` share of requests is
+    logged, and every 5xx whatever the rate.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], sample_rate: Callable[[], float],
+                 sink: Callable[[dict[str, Any]], None]) -> None:
+        self.app = app
+        self.sample_rate = sample_rate
+        self.sink = sink
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"")
+        request_id = given.decode("latin-1") if 0 < len(given) <= 128 else uuid.uuid4().hex
+        seen: dict[str, Any] = {"status": 500, "model_version": None}
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                out = list(message.get("headers") or [])
+                names = set()
+                for name, value in out:
+                    names.add(name.lower())
+                    if name.lower() == b"x-model-version":
+                        seen["model_version"] = value.decode("latin-1")
+                if not given and b"x-request-id" not in names:  # a given id is echoed by Serve itself
+                    out.append((b"x-request-id", request_id.encode("latin-1")))
+                    message = {**message, "headers": out}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            status = seen["status"]
+            if status >= 500 or random.random() < self.sample_rate():
+                self.sink({"request_id": request_id, "method": scope.get("method"), "route": scope.get("path"),
+                           "status": status, "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
+                           "model_version": seen["model_version"]})

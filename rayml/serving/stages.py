@@ -20,6 +20,7 @@ from rayml.features.online import Lookup
 from rayml.features.service import OnlineFeatures
 from rayml.inference import ort_session
 from rayml.registry import ModelRegistry, RegistryError
+from rayml.registry.follow import AliasFollower
 from rayml.registry.store import ModelVersion
 from rayml.serving.filters import PostFilters, pick
 
@@ -59,7 +60,7 @@ class CandidateRetrieval:
     """Batch candidates in memory (sorted by user id); two-tower retrieval at request time for users they miss."""
 
     def __init__(self, candidates: str, features: OnlineFeatures, user_view: str,
-                 retriever: LoadedRetriever | None) -> None:
+                 retriever: AliasFollower[LoadedRetriever] | None) -> None:
         table = pq.read_table(candidates, columns=["user_id", "items", "scores"])
         table = table.take(pc.sort_indices(table, [("user_id", "ascending")]))
         items_type = table.schema.field("items").type
@@ -71,18 +72,28 @@ class CandidateRetrieval:
         self.scores = table["scores"].combine_chunks().flatten().to_numpy().reshape(-1, self.size)  # [Uc, K]
         self.features = features
         self.user_view = user_view
-        self.retriever = retriever
+        self.follower = retriever
+
+    @property
+    def retriever(self) -> LoadedRetriever | None:
+        return None if self.follower is None else self.follower.value
 
     @staticmethod
-    def load_retriever(registry: ModelRegistry, model: str | None, alias: str) -> LoadedRetriever | None:
+    def load_retriever(registry: ModelRegistry, model: str | None,
+                       alias: str) -> AliasFollower[LoadedRetriever] | None:
+        """The retriever ``alias`` names, following the registry like the ranker (None: no retriever)."""
         if model is None:
             return None
-        version = registry.get(model, alias)
-        return LoadedRetriever(
-            version.label, ort_session(version.file("user_tower.onnx"), threads=1),
-            FeatureEncoder.load(version.file("user_encoder.json")),
-            np.load(version.file("item_embeddings.npy")), np.load(version.file("item_ids.npy")),
-        )
+
+        def load(number: int) -> LoadedRetriever:
+            version = registry.get(model, number)
+            return LoadedRetriever(
+                version.label, ort_session(version.file("user_tower.onnx"), threads=1),
+                FeatureEncoder.load(version.file("user_encoder.json")),
+                np.load(version.file("item_embeddings.npy")), np.load(version.file("item_ids.npy")),
+            )
+
+        return AliasFollower(registry, model, alias, load)
 
     def batch(self, user_id: int) -> Candidates | None:
         pos = int(np.searchsorted(self.user_ids, user_id))
@@ -187,9 +198,10 @@ def ranker_artifact(version: ModelVersion, precision: str) -> str:
 class Ranking:
     """Ranker versions by alias: the default one, extra served aliases (canary, shadow, …), swaps and refreshes.
 
-    Every change is one reference assignment, so a request sees the old or the new version whole. A version that
-    fails to load (missing, corrupt, failed parity, features the views lack) is refused and the current one keeps
-    serving. With ``sessions=False`` (the ``split`` plan) only the encoders load here.
+    Every alias follows the registry (:class:`rayml.registry.follow.AliasFollower`): promote and rollback reach
+    this process at the next :meth:`refresh_aliases`; a version that fails to load (missing, corrupt, failed
+    parity, features the views lack) is refused and the current one keeps serving. With ``sessions=False`` (the
+    ``split`` plan) only the encoders load here.
     """
 
     def __init__(self, registry: ModelRegistry, model: str, alias: str, extra_aliases: list[str], precision: str,
@@ -198,11 +210,23 @@ class Ranking:
         self.extra_aliases, self.precision = extra_aliases, precision
         self.view_features = view_features  # user view, item view → their features, in that order
         self.sessions = sessions
-        self.default = self.load(alias)
+        self.follower = self._follow(alias)
         self.reload_error: str | None = None
-        self.aliases: dict[str, LoadedRanker] = {}
+        self.extra: dict[str, AliasFollower[LoadedRanker]] = {}
         self.alias_errors: dict[str, str] = {}
         self.refresh_aliases()
+
+    def _follow(self, ref: str) -> AliasFollower[LoadedRanker]:
+        return AliasFollower(self.registry, self.model, ref, lambda number: self.load(str(number)))
+
+    @property
+    def default(self) -> LoadedRanker:
+        return self.follower.value
+
+    @property
+    def aliases(self) -> dict[str, LoadedRanker]:
+        """Extra served alias → its loaded version."""
+        return {alias: follower.value for alias, follower in self.extra.items()}
 
     def load(self, ref: str) -> LoadedRanker:
         version = self.registry.get(self.model, ref)  # verifies every checksum
@@ -216,42 +240,48 @@ class Ranking:
         return LoadedRanker(version.label, artifact, encoders[0], encoders[1], session)
 
     def swap(self, ref: str) -> str:
-        """Serve ``ref`` as the default from now on; on any load error keep the current one and re-raise."""
+        """Serve (and follow) ``ref`` as the default from now on; on any load error keep the current one, re-raise."""
         try:
-            loaded = self.load(ref)
+            follower = self._follow(ref)
         except Exception as exc:
             self.reload_error = f"{self.model} {ref!r}: {exc}"
             raise
-        self.default = loaded
+        self.follower, self.alias = follower, ref
         self.reload_error = None
-        return loaded.model_version
+        return follower.label
 
     def refresh_aliases(self) -> dict[str, str]:
-        """Load every extra alias whose registry target moved; a failing one keeps its current version.
+        """Follow every served alias (the default and the extra ones) to where the registry points it now.
 
-        Returns alias → served version label.
+        A version that fails to load is refused and its alias keeps its current version. Returns alias → served
+        version label.
         """
+        self.follower.refresh()
         for alias in self.extra_aliases:
             try:
-                number = self.registry.metadata(self.model, alias)["version"]
-                current = self.aliases.get(alias)
-                if current is None or current.model_version != f"{self.model}:v{number}":
-                    self.aliases[alias] = self.load(str(number))
+                if alias in self.extra:
+                    self.extra[alias].refresh()
+                else:
+                    self.extra[alias] = self._follow(alias)
                 self.alias_errors.pop(alias, None)
-            except Exception as exc:  # keep serving what is loaded; report it
+            except Exception as exc:  # not in the registry yet, or nothing loadable: reported, not fatal
                 self.alias_errors[alias] = str(exc)
-        return {alias: loaded.model_version for alias, loaded in self.aliases.items()}
+        return {self.alias: self.follower.label, **{a: f.label for a, f in self.extra.items()}}
+
+    def describe(self) -> dict[str, object]:
+        """For ``/healthz``: each alias's served version and refusals."""
+        return {self.alias: self.follower.describe(), **{a: f.describe() for a, f in self.extra.items()}}
 
     def ranker_for(self, alias: str | None) -> LoadedRanker:
         if alias is None or alias == self.alias:
             return self.default
-        if alias not in self.aliases:
+        if alias not in self.extra:
             raise UnknownAliasError(alias)
-        return self.aliases[alias]
+        return self.extra[alias].value
 
     @property
     def served_aliases(self) -> list[str]:
-        return sorted([self.alias, *self.aliases])
+        return sorted([self.alias, *self.extra])
 
     def encode(self, ranker: LoadedRanker, user_id: int, user: Lookup, user_key: str, item_ids: np.ndarray,
                items: Lookup, item_key: str) -> np.ndarray:

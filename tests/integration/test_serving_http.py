@@ -42,8 +42,16 @@ def test_healthz(serve_url):
     assert response.status_code == 200
     body = response.json()
     assert body.pop("batching").keys() == {"max_batch_size", "batch_wait_timeout_s", "largest_batch"}
-    assert body == {"status": "ok", "model_version": "ranker:v1", "artifact": "model.onnx",
-                    "online_store": "embedded", "online_store_errors": 0}
+    assert isinstance(body.pop("replica"), str)
+    assert body == {
+        "status": "ok", "reasons": [], "live": True, "ready": True, "model_version": "ranker:v1",
+        "artifact": "model.onnx", "online_store": "embedded", "online_store_errors": 0, "model_call_failures": 0,
+        "ingress": "serve-proxy", "plan": "fused", "auth": {"enabled": False, "protect_reads": True},
+        "models": {"ranker 'production'": {"ref": "production", "serving": "ranker:v1", "follows_registry": True},
+                   "retriever 'production'": {"ref": "production", "serving": "retriever:v1",
+                                              "follows_registry": True}},
+    }
+    assert "/" not in str(body)  # no file paths on a public endpoint
 
 
 def test_served_quality_beats_random(serve_url, tiny_world):

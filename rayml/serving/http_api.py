@@ -1,0 +1,122 @@
+"""The FastAPI object every route module decorates, its middlewares, error shapes and the bearer dependency.
+
+Routes live by concern (:mod:`rayml.serving.app`: recommend, score, events; :mod:`rayml.serving.oip_routes`;
+:mod:`rayml.serving.health_routes`) as methods of mixins of the one Serve deployment class. A replica sets
+:data:`EDGE` from its config at start; the middlewares read it per request.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real classes.
+
+import json
+import logging
+import math
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from rayml.serving.auth import AuthError
+from rayml.serving.config import RecommenderArgs
+from rayml.serving.http_guards import AccessLog, BodyLimit, InFlight, RequestCount
+
+access_logger = logging.getLogger("ray.serve")
+
+api = FastAPI(title="rayml recommender", version="0.1.0")
+EDGE: dict[str, Any] = {  # this replica's edge settings, set from its args at start
+    "max_body_bytes": RecommenderArgs.model_fields["max_body_bytes"].default,
+    "access_log_sample": 0.0,
+}
+IN_FLIGHT = RequestCount()  # HTTP requests inside this replica now
+
+
+# The app travels to replicas pickled, so the middlewares get module-level functions (pickled by reference,
+# resolved in the replica's own module) rather than objects or lambdas (copied, and then never updated).
+def _access_line(record: dict[str, Any]) -> None:
+    access_logger.info("access %s", json.dumps(record, separators=(",", ":")))
+
+
+def _max_body_bytes() -> int:
+    return EDGE["max_body_bytes"]
+
+
+def _access_log_sample() -> float:
+    return EDGE["access_log_sample"]
+
+
+def _in_flight() -> RequestCount:
+    return IN_FLIGHT
+
+
+api.add_middleware(BodyLimit, max_bytes=_max_body_bytes)
+api.add_middleware(AccessLog, sample_rate=_access_log_sample, sink=_access_line)
+api.add_middleware(InFlight, counter=_in_flight)  # added last: outermost, so it counts from the first byte
+
+BEARER = HTTPBearer(auto_error=False, description="A token of the role the route needs (read, ingest, admin).")
+
+
+async def authorization(request: Request,
+                        _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> str | None:
+    """The raw ``Authorization`` header (the bearer scheme is declared for the OpenAPI schema)."""
+    return request.headers.get("authorization")
+
+
+Authorization = Annotated[str | None, Depends(authorization)]
+
+
+def _detail(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"detail": {}}, "required": ["detail"]}}}}
+
+
+RETRY = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _detail("Malformed request."),
+    401: {**_detail("Missing or malformed bearer token."),
+          "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}},
+    403: _detail("The token lacks the role this route needs."),
+    404: _detail("Unknown user, model or version."),
+    413: _detail("The body is larger than max_body_bytes."),
+    422: _detail("A field failed validation; detail[].loc names it."),
+    429: {**_detail("Over capacity: retry after Retry-After seconds."), "headers": RETRY},
+    503: {**_detail("A dependency is down or the replica is over capacity."), "headers": RETRY},
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the statuses a route can return besides 200."""
+    return {code: ERRORS[code] for code in codes}
+
+
+@api.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, made safe for inputs JSON cannot encode (``Infinity``/``NaN`` literals would make it a 500)."""
+    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
+
+
+@api.exception_handler(AuthError)
+async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, content={"detail": exc.detail}, headers=exc.headers)
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by its name (strict JSON has no Infinity or NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def unavailable(detail: str, retry_after_s: int = 1) -> HTTPException:
+    """503 with ``Retry-After``: a dependency is down; the client should come back."""
+    return HTTPException(status_code=503, detail=detail, headers={"Retry-After": str(retry_after_s)})
+
+
+def oip_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The Open Inference Protocol's error body: ``{"error": "..."}``."""
+    return JSONResponse(status_code=status, content={"error": message}, headers=headers)

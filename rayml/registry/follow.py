@@ -14,6 +14,7 @@ A server holds one :class:`AliasFollower` per served reference. The rules, the s
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -104,17 +105,13 @@ class AliasFollower(Generic[T]):
     def _refuse(self, number: int, exc: Exception) -> None:
         self.refused[number] = f"{type(exc).__name__}: {exc}"
         if not self.pinned:
-            try:
+            with contextlib.suppress(OSError, RegistryError):  # advisory: this server refuses it either way
                 self.registry.record_serving(self.model, self.ref, number, error=self.refused[number])
-            except (OSError, RegistryError):
-                pass  # the record is advisory; this server still refuses it
 
     def _record_good(self) -> None:
         if not self.pinned:
-            try:
+            with contextlib.suppress(OSError, RegistryError):
                 self.registry.record_serving(self.model, self.ref, self.version)
-            except (OSError, RegistryError):
-                pass
 
     def describe(self) -> dict[str, object]:
         """For ``/healthz``: what serves, what follows, and every refused version with the reason."""

@@ -62,10 +62,10 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         # Serve ships init args to replicas as plain data, so the models travel as dicts.
         self.core = RecommenderCore(RecommenderArgs.model_validate(args), FeatureRepo.model_validate(repo))
         self.ranker = ranker
-        args = self.core.args
-        EDGE.update(max_body_bytes=args.max_body_bytes, access_log_sample=args.access_log_sample)
-        self.auth = TokenStore(args.auth)
-        self.health = ReplicaHealth(args.health.stall_s, args.health.failing_after)
+        edge = self.core.args
+        EDGE.update(max_body_bytes=edge.max_body_bytes, access_log_sample=edge.access_log_sample)
+        self.auth = TokenStore(edge.auth)
+        self.health = ReplicaHealth(edge.health.stall_s, edge.health.failing_after)
         backend = {"backend": self.core.features.backend}
         self.store_errors = metrics.Counter(
             "rayml_online_store_errors", "Online-store calls that failed (store down).", tag_keys=("backend",)
@@ -79,7 +79,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         ).set_default_tags(backend)
         self._errors_seen = 0
         self.latency = LatencyWindow(window_s=10.0)
-        if args.alias_poll_s > 0:
+        if edge.alias_poll_s > 0:
             threading.Thread(target=self._poll_aliases, name="alias-poll", daemon=True).start()
 
     def _poll_aliases(self) -> None:
@@ -88,8 +88,14 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         Loads happen on this thread, off the request path; each swap is one reference assignment.
         """
         served: dict[str, str] = {}
+        args = self.core.args
+        items_built = time.monotonic()
         while True:
-            time.sleep(self.core.args.alias_poll_s)
+            time.sleep(args.alias_poll_s)
+            if args.item_rows_refresh_s and (self.core.features.backend == "redis" or self.core.ranker.items is None) \
+                    and time.monotonic() - items_built >= args.item_rows_refresh_s:
+                self.core.ranking.refresh_items()  # off the request path; one reference swap per version
+                items_built = time.monotonic()
             now = self.core.ranking.refresh_aliases()
             retriever = self.core.retrieval.follower
             if retriever is not None and retriever.refresh():
@@ -292,4 +298,4 @@ def build_recommender(args: RecommenderArgs) -> Application:
     ranker = None
     if args.plan == "split":
         ranker = Ranker.bind(args.registry, args.ranker_model, args.precision, args.ranker_alias)  # type: ignore[attr-defined]
-    return Recommender.bind(args.model_dump(), repo.model_dump(), ranker)  # type: ignore[attr-defined]
+    return Recommender.bind(args.model_dump(), repo.model_dump(), ranker)

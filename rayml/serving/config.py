@@ -42,6 +42,11 @@ class RecommenderArgs(StrictModel):
         description="How often every served alias (ranker_alias, ranker_aliases, retriever_alias) is re-resolved "
         "in the registry, so promote and rollback reach running replicas; 0: never.",
     )
+    item_rows_refresh_s: float = Field(
+        60.0, ge=0, le=86_400,
+        description="With the redis store, how often the pre-encoded item rows are rebuilt from the store (item "
+        "features change only when materialized); the embedded store's snapshot never changes. 0: never.",
+    )
     retriever_model: str | None = Field(
         "retriever", description="Registry model whose user tower is served over OIP; null: not served."
     )

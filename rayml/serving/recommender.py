@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rayml.features.definitions import FeatureRepo
+from rayml.features.encoding import FeatureEncoder
 from rayml.features.event_log import append_events
 from rayml.features.feature_log import FeatureLogger
 from rayml.features.online import Lookup
@@ -20,6 +21,7 @@ from rayml.features.redis_store import OnlineStoreUnavailable
 from rayml.features.service import OnlineFeatures
 from rayml.registry import ModelRegistry
 from rayml.serving.config import RecommenderArgs
+from rayml.serving.item_rows import EncodedItems
 from rayml.serving.stages import (
     CandidateRetrieval,
     FeatureLookup,
@@ -104,15 +106,29 @@ class RecommenderCore:
         registry = ModelRegistry(args.registry)
         self.features = OnlineFeatures(repo, args.feature_state, views=[args.user_view, args.item_view])
         self.lookup = FeatureLookup(self.features, args.user_view, args.item_view)
+        retriever = CandidateRetrieval.load_retriever(registry, args.retriever_model, args.retriever_alias)
+        self.retrieval = CandidateRetrieval(args.candidates, self.features, args.user_view, retriever)
         self.ranking = Ranking(
             registry, args.ranker_model, args.ranker_alias, args.ranker_aliases, args.precision,
             {v: repo.views[v].features for v in (args.user_view, args.item_view)}, sessions=args.plan == "fused",
+            encode_items=self._encode_items,
         )
-        retriever = CandidateRetrieval.load_retriever(registry, args.retriever_model, args.retriever_alias)
-        self.retrieval = CandidateRetrieval(args.candidates, self.features, args.user_view, retriever)
         self.filtering = PostFiltering(args.filters)
         self.logger = FeatureLogger(args.feature_log) if args.feature_log else None
         self.largest_batch = 0  # most requests answered by one recommend_many call (dynamic batching)
+
+    def _encode_items(self, encoder: FeatureEncoder) -> EncodedItems | None:
+        """Every candidate item's encoded row for ``encoder`` (items retrieval can return: the batch candidates'
+        and the retriever's); None while the online store is down (requests then encode their own rows)."""
+        sources = [self.retrieval.items.ravel()]
+        if self.retrieval.retriever is not None:
+            sources.append(self.retrieval.retriever.item_ids)
+        ids = np.unique(np.concatenate(sources).astype(np.int64))
+        try:
+            lookup = self.features.get(self.args.item_view, ids, encoder.columns)
+        except OnlineStoreUnavailable:
+            return None
+        return EncodedItems.from_lookup(encoder, ids, lookup)
 
     @property
     def ranker(self) -> LoadedRanker:

@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,7 @@ from rayml.registry import ModelRegistry, RegistryError
 from rayml.registry.follow import AliasFollower
 from rayml.registry.store import ModelVersion
 from rayml.serving.filters import PostFilters, pick
+from rayml.serving.item_rows import EncodedItems
 
 
 class UnknownUserError(KeyError):
@@ -114,8 +116,7 @@ class CandidateRetrieval:
         user = self.features.get(self.user_view, np.array([user_id]))
         if user.missing:
             raise UnknownUserError(user_id)
-        x = retriever.user_encoder.transform(user.to_arrow(self.features.key_of_view(self.user_view),
-                                                           np.array([user_id])))
+        x = retriever.user_encoder.transform_columns(user.columns, n=1)
         scores = (retriever.session.run(None, {"user_features": x})[0] @ retriever.item_emb.T)[0]  # [I]
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
@@ -175,6 +176,7 @@ class LoadedRanker:
     user_encoder: FeatureEncoder
     item_encoder: FeatureEncoder
     session: ort.InferenceSession | None
+    items: EncodedItems | None = None  # every item's encoded row, when the ranking stage keeps them
 
     @property
     def width(self) -> int:
@@ -205,11 +207,15 @@ class Ranking:
     """
 
     def __init__(self, registry: ModelRegistry, model: str, alias: str, extra_aliases: list[str], precision: str,
-                 view_features: dict[str, list[str]], sessions: bool = True) -> None:
+                 view_features: dict[str, list[str]], sessions: bool = True,
+                 encode_items: Callable[[FeatureEncoder], EncodedItems | None] | None = None) -> None:
+        """``encode_items``: builds every item's encoded rows for an item encoder (None, or it returning None:
+        each request encodes its candidates' rows)."""
         self.registry, self.model, self.alias = registry, model, alias
         self.extra_aliases, self.precision = extra_aliases, precision
         self.view_features = view_features  # user view, item view → their features, in that order
         self.sessions = sessions
+        self.encode_items = encode_items
         self.follower = self._follow(alias)
         self.reload_error: str | None = None
         self.extra: dict[str, AliasFollower[LoadedRanker]] = {}
@@ -237,7 +243,16 @@ class Ranking:
             if absent:
                 raise RegistryError(f"{version.label} needs features {absent} that view {view!r} does not serve")
         session = ort_session(version.file(artifact), threads=1) if self.sessions else None
-        return LoadedRanker(version.label, artifact, encoders[0], encoders[1], session)
+        items = self.encode_items(encoders[1]) if self.encode_items is not None else None
+        return LoadedRanker(version.label, artifact, encoders[0], encoders[1], session, items)
+
+    def refresh_items(self) -> None:
+        """Re-encode every served version's item rows (after the item view was materialized again)."""
+        if self.encode_items is None:
+            return
+        for follower in [self.follower, *self.extra.values()]:
+            loaded = follower.value
+            follower.value = replace(loaded, items=self.encode_items(loaded.item_encoder))
 
     def swap(self, ref: str) -> str:
         """Serve (and follow) ``ref`` as the default from now on; on any load error keep the current one, re-raise."""
@@ -285,11 +300,22 @@ class Ranking:
 
     def encode(self, ranker: LoadedRanker, user_id: int, user: Lookup, user_key: str, item_ids: np.ndarray,
                items: Lookup, item_key: str) -> np.ndarray:
-        """The ranker's input for one user and its candidates: [C, user width + item width] float32."""
+        """The ranker's input for one user and its candidates: [C, user width + item width] float32.
+
+        Item rows come from the version's pre-encoded rows when it has them; items those rows miss but the store
+        knows (added since they were built) are encoded here, so the answer never depends on the cache.
+        """
         n_user = ranker.user_encoder.width
         features = np.empty((len(item_ids), ranker.width), np.float32)
-        features[:, :n_user] = ranker.user_encoder.transform(user.to_arrow(user_key, np.array([user_id])))
-        features[:, n_user:] = ranker.item_encoder.transform(items.to_arrow(item_key, item_ids))
+        features[:, :n_user] = ranker.user_encoder.transform_columns(user.columns, n=1)
+        if ranker.items is None:
+            features[:, n_user:] = ranker.item_encoder.transform_columns(items.columns, n=len(item_ids))
+            return features
+        _, known = ranker.items.lookup(item_ids, out=features[:, n_user:])
+        stale = items.found & ~known
+        if stale.any():
+            features[stale, n_user:] = ranker.item_encoder.transform_columns(
+                {name: values[stale] for name, values in items.columns.items()}, n=int(stale.sum()))
         return features
 
     @staticmethod

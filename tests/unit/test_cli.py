@@ -70,6 +70,10 @@ def test_registry_commands(trained):
     assert ok.exit_code == 0 and "canary → v1" in ok.output
     back = run("registry", "rollback", "ranker", "--alias", "canary", "--registry", root)
     assert back.exit_code == 2 and "no earlier version" in back.output
+    unknown = run("registry", "promote", "ranker", "stagin", "--alias", "canary", "--registry", root)
+    assert unknown.exit_code == 2 and "no alias 'stagin'" in unknown.output and "production" in unknown.output
+    nothing = run("registry", "rollback", "ranker", "--alias", "nightly", "--registry", root)
+    assert nothing.exit_code == 2 and "no alias 'nightly' to roll back" in nothing.output
 
 
 def test_promote_refuses_failed_parity(tmp_path):

@@ -148,3 +148,49 @@ def test_generated_bad_requests_never_get_a_5xx(serve_url, path, body):
     response = requests.post(f"{serve_url}{path}", data=json.dumps(body), headers={"content-type": "application/json"},
                              timeout=30)
     assert response.status_code < 500, (path, body, response.status_code, response.text[:300])
+
+
+@pytest.mark.parametrize("binary_in", [True, False], ids=["binary-in", "json-in"])
+@pytest.mark.parametrize("binary_out", [True, False], ids=["binary-out", "json-out"])
+def test_tritonclient_health_metadata_and_infer(serve_url, ranker_inputs, binary_in, binary_out):
+    """The standard OIP client, in its default binary tensor mode and in JSON, both directions."""
+    import tritonclient.http as triton
+
+    x, expected = ranker_inputs
+    client = triton.InferenceServerClient(url=serve_url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("ranker")
+    meta = client.get_model_metadata("ranker")
+    assert meta["inputs"][0]["shape"] == [-1, x.shape[1]] and "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    features = triton.InferInput("features", list(x.shape), "FP32")
+    features.set_data_from_numpy(x, binary_data=binary_in)
+    result = client.infer("ranker", [features], outputs=[triton.InferRequestedOutput("score", binary_data=binary_out)])
+    np.testing.assert_allclose(result.as_numpy("score"), expected, rtol=1e-6)
+    assert result.get_response()["model_version"] == "1"
+
+
+def test_tritonclient_errors_name_the_field(serve_url, ranker_inputs):
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    x, _ = ranker_inputs
+    client = triton.InferenceServerClient(url=serve_url.removeprefix("http://"))
+    wrong = triton.InferInput("features", [x.shape[0], x.shape[1] + 1], "FP32")
+    wrong.set_data_from_numpy(np.zeros((x.shape[0], x.shape[1] + 1), np.float32))
+    with pytest.raises(InferenceServerException, match=r"inputs\[0\]\.shape\[1\]"):
+        client.infer("ranker", [wrong])
+
+
+def test_malformed_binary_header_is_a_400_naming_it(serve_url, ranker_inputs):
+    x, _ = ranker_inputs
+    header = json.dumps({"inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    body = header + x.tobytes()
+    for value, field in (("abc", "Inference-Header-Content-Length"), (str(len(body) + 10), "Inference-Header-Content-Length"),
+                         (str(len(header) - 3), "body")):
+        response = requests.post(f"{serve_url}/v2/models/ranker/infer", data=body, timeout=30,
+                                 headers={"Inference-Header-Content-Length": value, "Content-Type": "application/octet-stream"})
+        assert response.status_code == 400 and response.json()["error"].startswith(field), (value, response.text)
+    short = header + x.tobytes()[:-4]
+    response = requests.post(f"{serve_url}/v2/models/ranker/infer", data=short, timeout=30,
+                             headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400 and "binary_data_size" in response.json()["error"]

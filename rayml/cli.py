@@ -286,19 +286,44 @@ def features_skew(
         raise typer.Exit(1)
 
 
+IngressOpt = Annotated[
+    str | None, typer.Option(help="haproxy (default) or proxy (Ray Serve's HTTP proxy); else $RAYML_INGRESS.")
+]
+
+
 @app.command("serve")
 def serve_cmd(
     config: Annotated[Path, typer.Argument(help="Serve config YAML.")] = Path("serve_apps/recommender.yaml"),
     user_id: Annotated[int, typer.Option(help="User id used in the printed example request.")] = 42,
+    ingress: IngressOpt = None,
 ) -> None:
-    """`serve run CONFIG` in the foreground; prints a ready-to-paste curl once it answers."""
+    """`serve run CONFIG` in the foreground; prints a ready-to-paste curl once it answers. SIGTERM stops all."""
     from rayml.serving.launcher import serve_foreground
 
     try:
-        code = serve_foreground(config, json.dumps({"user_id": user_id, "k": 5}))
+        code = serve_foreground(config, json.dumps({"user_id": user_id, "k": 5}), ingress=ingress)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(code)
+
+
+@app.command("ingress-env")
+def ingress_env_cmd(
+    ingress: IngressOpt = None,
+    state_dir: Annotated[Path, typer.Option(help="This cluster's HAProxy files (config, sockets).")] = Path(
+        ".rayml/haproxy"),
+) -> None:
+    """Print `export` lines for the ingress, for `eval "$(rayml ingress-env)"` before `serve run` or `ray start`."""
+    import shlex
+
+    from rayml.serving.ingress import chosen_ingress, ingress_env
+
+    try:
+        env = ingress_env(chosen_ingress(ingress), state_dir)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
 
 
 def main() -> None:

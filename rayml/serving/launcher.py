@@ -2,14 +2,22 @@
 
 ``serve run`` with a config file never exits on a failed deploy, and an ``args:`` typo only shows up as a
 traceback in the controller's log; so the config is validated here first, with errors naming file and key.
+
+``serve run`` starts with the chosen ingress's environment (:mod:`rayml.serving.ingress`: HAProxy by default)
+and a private ``RAY_TMPDIR``. SIGTERM, SIGINT or SIGHUP stops the whole tree within :data:`SHUTDOWN_BOUND_S`:
+``serve run`` gets one SIGINT (it shuts Serve and its Ray down, letting in-flight requests finish), then SIGTERM,
+then every process left whose command line names this run's private folders gets SIGKILL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,15 +27,22 @@ import yaml
 from pydantic import ValidationError
 
 from rayml.config import ConfigError, format_validation_error
+from rayml.serving.auth import write_demo_tokens
 from rayml.serving.config import RecommenderArgs, load_serving_repo
+from rayml.serving.ingress import Ingress, chosen_ingress, with_ingress
 
 RECOMMENDER_IMPORT_PATH = "serve_apps.recommender:app_builder"
 PATH_ARGS = ("registry", "candidates", "features", "feature_state")
-STOP_TIMEOUT_S = 60
+SHUTDOWN_BOUND_S = 25  # SIGTERM → every process gone; container and KubeRay grace periods derive from it
+GRACEFUL_S = 15  # of which `serve run` gets this long to shut Serve down itself (in-flight requests finish)
+TERM_S = 5  # then SIGTERM to its process group, then SIGKILL by PID
 
 
-def check_serve_config(config_path: str | Path) -> tuple[str, int]:
-    """Validate a Serve config (Ray's schema, then the recommender's args and paths); return (host, port).
+def check_serve_config(config_path: str | Path) -> tuple[str, int, list[RecommenderArgs]]:
+    """Validate a Serve config (Ray's schema, then the recommender's args and paths).
+
+    Returns:
+        (host, port, the recommender apps' args).
 
     Raises:
         ConfigError: one line per problem, naming the file and the key.
@@ -45,6 +60,7 @@ def check_serve_config(config_path: str | Path) -> tuple[str, int]:
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(path), ServeDeploySchema, exc)) from None
     problems = []
+    apps: list[RecommenderArgs] = []
     for i, app in enumerate(schema.applications):
         if app.import_path != RECOMMENDER_IMPORT_PATH:
             continue
@@ -53,6 +69,7 @@ def check_serve_config(config_path: str | Path) -> tuple[str, int]:
         except ValidationError as exc:
             problems.append(format_validation_error(f"{path}: applications.{i}.args", RecommenderArgs, exc))
             continue
+        apps.append(args)
         for key in PATH_ARGS:
             if not Path(getattr(args, key)).exists():
                 problems.append(
@@ -67,7 +84,7 @@ def check_serve_config(config_path: str | Path) -> tuple[str, int]:
     if problems:
         raise ConfigError("\n".join(problems))
     host = schema.http_options.host
-    return ("127.0.0.1" if host in ("0.0.0.0", "::") else host), schema.http_options.port
+    return ("127.0.0.1" if host in ("0.0.0.0", "::") else host), schema.http_options.port, apps
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> bool:
@@ -84,41 +101,86 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> bool:
     return False
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """One SIGINT (what `serve run` handles: it shuts Serve and its Ray down), then escalate by PID."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.terminate()
+def pids_naming(marker: str) -> list[int]:
+    """PIDs whose command line contains ``marker`` (this run's private folder), never matched by process name."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+    return pids
+
+
+def stop_tree(process: subprocess.Popen, marker: str) -> None:
+    """Stop ``serve run`` and everything it started within :data:`SHUTDOWN_BOUND_S`."""
+    deadline = time.monotonic() + SHUTDOWN_BOUND_S
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)  # what `serve run` handles: serve.shutdown(), then its Ray
         try:
-            process.wait(10)
+            process.wait(GRACEFUL_S)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(TERM_S)
+    while time.monotonic() < deadline - 1 and pids_naming(marker):  # Ray's and HAProxy's own exits
+        time.sleep(0.2)
+    for pid in pids_naming(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def serve_foreground(config_path: str | Path, example_body: str, timeout_s: float = 300) -> int:
-    """Run ``serve run CONFIG``; print a ready-to-paste curl once ``/healthz`` answers.
+def _tokens_line(apps: list[RecommenderArgs]) -> tuple[str, str]:
+    """Demo tokens: written (mode 0600) where an app's auth expects them and none exist yet. Returns the lines to
+    print and the curl header that goes with a read."""
+    for args in apps:
+        auth = args.auth
+        if not auth.enabled or auth.tokens_file is None:
+            continue
+        path = Path(auth.tokens_file)
+        if not path.exists():
+            write_demo_tokens(path)
+        tokens = yaml.safe_load(path.read_text()) or {}
+        first = {role: (tokens.get(role) or [None])[0] for role in ("read", "ingest", "admin")}
+        lines = "".join(f"  {role}: {token}\n" for role, token in first.items() if token)
+        read = first["read"] or first["admin"]
+        header = f" -H 'authorization: Bearer {read}'" if read and auth.protect_reads else ""
+        return f"=== API tokens by role (from {path}; rotate by rewriting it):\n{lines}", header
+    return "", ""
+
+
+def serve_foreground(config_path: str | Path, example_body: str, timeout_s: float = 300,
+                     ingress: Ingress | str | None = None) -> int:
+    """Run ``serve run CONFIG`` with the chosen ingress; print a ready-to-paste curl once ``/healthz`` answers.
 
     Returns 0 after Ctrl-C (or SIGTERM/SIGHUP) and a clean stop, 1 when the app never answered,
     else the exit code of ``serve run``.
     """
-    host, port = check_serve_config(config_path)
+    host, port, apps = check_serve_config(config_path)
+    kind = chosen_ingress(ingress)
     serve_bin = Path(sys.executable).with_name("serve")
     if not serve_bin.exists():
         found = shutil.which("serve")
         if found is None:
             raise ConfigError("the `serve` command (ray[serve]) is not installed in this environment")
         serve_bin = Path(found)
+    tokens, auth_header = _tokens_line(apps)
+    private = tempfile.mkdtemp(prefix="rmi-")  # short: Ray and HAProxy put unix sockets under it
+    env = with_ingress(kind, Path(private) / "haproxy")
+    env.setdefault("RAY_TMPDIR", str(Path(private) / "ray"))
+    Path(env["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
     # Own session: a terminal's Ctrl-C reaches only us, and we forward exactly one SIGINT.
-    process = subprocess.Popen([str(serve_bin), "run", str(config_path)], start_new_session=True)
+    process = subprocess.Popen([str(serve_bin), "run", str(config_path)], start_new_session=True, env=env)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     try:
@@ -129,16 +191,18 @@ def serve_foreground(config_path: str | Path, example_body: str, timeout_s: floa
                 return 1
             return process.returncode or 1
         print(
-            "\n=== rayml recommender is ready. Try:\n"
-            f"curl -s -X POST http://{host}:{port}/recommend -H 'content-type: application/json' "
-            f"-d '{example_body}'\n=== Ctrl-C stops it.\n",
+            f"\n=== rayml recommender is ready on http://{host}:{port} (ingress: {kind}). Try:\n"
+            f"curl -s -X POST http://{host}:{port}/recommend -H 'content-type: application/json'{auth_header} "
+            f"-d '{example_body}'\n{tokens}=== Ctrl-C (or SIGTERM) stops it within {SHUTDOWN_BOUND_S}s.\n",
             flush=True,
         )
         return process.wait()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-        _stop(process)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_tree(process, private)
         print("stopped", flush=True)
         return 0
     finally:
-        _stop(process)
+        stop_tree(process, private)
+        shutil.rmtree(private, ignore_errors=True)

@@ -8,7 +8,7 @@ DEMO := .rayml/demo
 PYTEST_ARGS ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install demo demo-data test test-unit lint bench clean redis-server
+.PHONY: help install demo demo-data test test-unit lint bench clean redis-server wrk
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,11 +27,14 @@ demo-data: install ## Build the demo world, train and register models, generate 
 	$(BIN)/python batch_jobs/generate_candidates.py --config configs/batch/candidates.yaml
 	$(BIN)/python batch_jobs/materialize_features.py --config configs/features/demo.yaml --state-dir $(DEMO)/online
 
-demo: demo-data ## Everything in demo-data, then `serve run serve_apps/recommender.yaml` in the foreground.
+demo: demo-data ## Everything in demo-data, then serve it (HAProxy ingress, auth on: prints tokens and a curl).
 	$(BIN)/rayml serve serve_apps/recommender.yaml
 
 redis-server: ## Install redis-server (Debian) when missing; the tests start their own on free ports.
 	@command -v redis-server >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
+
+wrk: ## Install wrk (Debian), the C load generator the edge benchmark drives.
+	@command -v wrk >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 
 test: install redis-server ## Run every test tier (unit, integration, e2e).
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -43,7 +46,7 @@ lint: install ## ruff and mypy.
 	$(BIN)/ruff check rayml serve_apps batch_jobs benchmarks tests
 	$(BIN)/mypy
 
-bench: install redis-server ## Benchmarks; each prints one JSON line per measurement.
+bench: install redis-server wrk ## Benchmarks; each prints one JSON line per measurement.
 	@port=$$($(BIN)/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"); \
 	redis-server --port $$port --bind 127.0.0.1 --save '' --appendonly no >/dev/null & rpid=$$!; sleep 0.5; \
 	$(BIN)/python benchmarks/feature_store.py --redis-port $$port; status=$$?; kill $$rpid; exit $$status
@@ -54,6 +57,10 @@ bench: install redis-server ## Benchmarks; each prints one JSON line per measure
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/distillation.py
 	$(BIN)/python benchmarks/serving.py --split
+	@port=$$($(BIN)/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"); \
+	redis-server --port $$port --bind 127.0.0.1 --save '' --appendonly no >/dev/null & rpid=$$!; sleep 0.5; \
+	$(BIN)/python benchmarks/edge.py --redis-port $$port --overload; status=$$?; kill $$rpid; exit $$status
+	$(BIN)/python benchmarks/replica_failure.py
 
 clean: ## Remove demo data (keeps .venv).
 	rm -rf $(DEMO)

@@ -85,16 +85,25 @@ def trained(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for every integration test (start-up costs seconds on 2 cores)."""
+def ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """One local Ray for every integration test (start-up costs seconds on 2 cores), on the shipped ingress:
+    HAProxy in front of direct-ingress replicas, with this session's own ports and files."""
     import ray
 
+    from rayml.serving.ingress import with_ingress
+
+    state = Path(tempfile.mkdtemp(prefix="rmt-"))  # short: HAProxy's unix sockets live under it
+    saved = dict(os.environ)
+    os.environ.update(with_ingress("haproxy", state / "haproxy"))
     ray.init(address="local", num_cpus=2, object_store_memory=400 * 1024 * 1024, include_dashboard=False, namespace="rayml-tests")
     yield ray
     from ray import serve
 
     serve.shutdown()
     ray.shutdown()
+    os.environ.clear()
+    os.environ.update(saved)
+    shutil.rmtree(state, ignore_errors=True)
 
 
 class RedisServer:

@@ -68,10 +68,12 @@ class EmbeddedOnlineStore:
         pos = np.minimum(np.searchsorted(known, ids), max(len(known) - 1, 0))
         found = known[pos] == ids if len(known) else np.zeros(len(ids), bool)
         out = {}
+        complete = bool(found.all())
         for name in features or list(columns):
             if name not in columns:
                 raise KeyError(f"view {view!r} has no feature {name!r}")
-            values = columns[name][pos].copy()
-            values[~found] = None if values.dtype == object else np.nan
+            values = columns[name].take(pos)  # a new array: safe to mask
+            if not complete:
+                values[~found] = None if values.dtype == object else np.nan
             out[name] = values
         return Lookup(out, found)

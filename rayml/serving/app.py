@@ -6,6 +6,7 @@ Routes by concern: recommend, score and events here; OIP in :mod:`rayml.serving.
 
 # No `from __future__ import annotations`: FastAPI must see the real request-model classes.
 
+import asyncio
 import logging
 import threading
 import time
@@ -27,7 +28,15 @@ from rayml.serving.batching import apply_batching, batching_state
 from rayml.serving.config import RecommenderArgs, load_serving_repo
 from rayml.serving.health import ReplicaHealth
 from rayml.serving.health_routes import HealthRoutes
-from rayml.serving.http_api import EDGE, IN_FLIGHT, Authorization, api, responses, unavailable
+from rayml.serving.http_api import (
+    EDGE,
+    IN_FLIGHT,
+    SECURED,
+    Authorization,
+    api,
+    responses,
+    unavailable,
+)
 from rayml.serving.oip_routes import OIPRoutes, RankerUnavailable, document_oip
 from rayml.serving.ranker import Ranker
 from rayml.serving.recommender import (
@@ -184,7 +193,11 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         return await self._answer(calls)
 
     async def _recommend_one(self, call: RecommendCall) -> Recommendation | Exception:
-        """Straight through when this is the replica's only HTTP request; through the batch queue otherwise."""
+        """Straight through when this is the replica's only HTTP request; through the batch queue otherwise.
+
+        One yield first: requests whose bytes already arrived get parsed and counted, so under load they batch
+        (the fused plan has no other await, and would otherwise answer them strictly one at a time).
+        """
         if IN_FLIGHT.value <= 1:
             return (await self._answer([call]))[0]
         return await self._recommend_batch(call)
@@ -192,7 +205,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
     def batching(self) -> dict[str, float]:
         return {**batching_state(self._recommend_batch), "largest_batch": self.core.largest_batch}
 
-    @api.post("/recommend", response_model=RecommendResponse, responses=responses(401, 403, 404, 413, 422, 429, 503))
+    @api.post("/recommend", response_model=RecommendResponse, responses=responses(401, 403, 404, 413, 422, 429, 503),
+              openapi_extra=SECURED)
     async def recommend(self, request: RecommendRequest, authorization: Authorization) -> JSONResponse:
         """Top ``k`` items for a user. ``explain: true`` needs the admin role (it returns raw features)."""
         self.auth.check(authorization, "admin" if request.explain else "read")
@@ -233,7 +247,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
                              "degraded": rec.degraded, "features": rec.features, "candidates": rec.candidates},
                             headers={"x-model-version": rec.model_version})
 
-    @api.post("/events", responses=responses(401, 403, 404, 413, 422, 503))
+    @api.post("/events", responses=responses(401, 403, 404, 413, 422, 503), openapi_extra=SECURED)
     def events(self, request: EventsRequest, authorization: Authorization) -> EventsResponse:
         """Ingest impressions into the real-time windows (and the event log); needs the ingest role.
 
@@ -266,7 +280,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
             raise self._store_down(f"online store unavailable: {exc}") from None
         return EventsResponse(accepted=len(events))
 
-    @api.post("/score", responses=responses(401, 403, 413, 422, 503))
+    @api.post("/score", responses=responses(401, 403, 413, 422, 503), openapi_extra=SECURED)
     async def score(self, request: ScoreRequest, authorization: Authorization) -> ScoreResponse:
         """Scores of any items for a user, on their online features (the default ranker)."""
         self.auth.check(authorization, "read")
@@ -284,7 +298,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
 
 # The class keeps an importable name (the deployment below is another object), so replicas import this module,
 # and Serve's class-based view applies to the mixins' routes there too instead of travelling by value without it.
-Recommender = serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)(
+Recommender = serve.deployment(name="Recommender", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)(
     serve.ingress(api)(RecommenderIngress)
 )
 

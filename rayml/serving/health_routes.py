@@ -26,11 +26,15 @@ RANKER_DESCRIBE_TIMEOUT_S = 2.0
 
 def ingress_of(request: Request) -> str:
     """Which ingress carried ``request``: ``haproxy``, ``direct`` (a replica's own port) or ``serve-proxy``."""
-    if "x-haproxy-reload-id" in request.headers:  # HAProxy stamps every request it forwards (Ray's template)
-        return "haproxy"
-    if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" or os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1":
-        return "direct"
-    return "serve-proxy"
+    if request.scope.get("server") is None or "x-serve-proxy" in request.headers:
+        return "serve-proxy"
+    direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" or \
+        os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
+    if not direct:
+        return "serve-proxy"
+    # Direct ingress: the replica's own HTTP server answered. With HAProxy on, clients reach it through HAProxy
+    # (the replica ports are for HAProxy and benchmarks only).
+    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "direct"
 
 
 def _replica_id() -> str | None:

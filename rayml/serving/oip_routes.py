@@ -13,10 +13,17 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from rayml.serving import oip
-from rayml.serving.http_api import Authorization, api, oip_error, responses
+from rayml.serving.http_api import (
+    SECURED,
+    Authorization,
+    api,
+    document_security,
+    oip_error,
+    responses,
+)
 from rayml.serving.recommender import RecommenderCore
 
-INFER_BODY = {"requestBody": {"required": True, "content": {
+INFER_BODY = {**SECURED, "requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
 }}}
@@ -61,8 +68,8 @@ class OIPRoutes:
     def oip_server(self) -> dict:
         return {"name": "rayml", "version": api.version, "extensions": ["binary_tensor_data"]}
 
-    @api.get("/v2/models/{name}", responses=responses(401, 403, 404))
-    @api.get("/v2/models/{name}/versions/{version}", responses=responses(401, 403, 404))
+    @api.get("/v2/models/{name}", responses=responses(401, 403, 404), openapi_extra=SECURED)
+    @api.get("/v2/models/{name}/versions/{version}", responses=responses(401, 403, 404), openapi_extra=SECURED)
     def oip_metadata(self, name: str, authorization: Authorization, version: str | None = None):
         self.auth.check(authorization, "read")
         model, error = self._oip_model(name, version)
@@ -121,12 +128,14 @@ class OIPRoutes:
 
 
 def document_oip(app: Any) -> None:
-    """Put the OIP request models into ``app``'s OpenAPI components (the infer routes read raw bodies)."""
+    """Put the OIP request models into ``app``'s OpenAPI components (the infer routes read raw bodies), and the
+    bearer scheme on the routes that take a token."""
     generate = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = generate()
+            document_security(schema)
             defs = oip.InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(defs.pop("$defs", {}))

@@ -1,0 +1,265 @@
+"""Benchmark: the serving edge with wrk (a C load generator), HAProxy ingress, peers in the same run.
+
+    python benchmarks/edge.py [--seconds 8] [--redis-port N] [--overload]     (after `make demo-data`)
+
+One local Ray with the shipped ingress (:mod:`rayml.serving.ingress`: HAProxy in front of direct-ingress replicas)
+serves a trivial echo deployment and the recommender with the shipped ``serve_apps/recommender.yaml`` args (auth
+on, one replica each at the same CPU share). ``wrk`` drives, in the same run:
+
+- echo and ``/recommend`` through HAProxy (the shipped path) at 1 and 32 connections;
+- ``/recommend`` through the Serve proxy (still running as HAProxy's fallback) and straight at the replica's
+  own port (direct ingress), as reference rows;
+- with ``--redis-port``, ``/recommend`` on the Redis online store (a second app);
+- with ``--overload``, the overload ladder of ``docs/benchmarks.md``: C* is the smallest connection count in
+  1, 2, 4 … 512 reaching 95 % of the best req/s; then C*, 2C*, 5C* and max(10C*, 320) connections with a 2 s
+  time-out, hammering (plain wrk) and polite (each connection waits Retry-After before resending).
+
+Prints one JSON line per measurement, then the ratios the targets are stated in. wrk shares the 2 cores with the
+server; the echo peer suffers the same, which is why targets are ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+{auth}
+local users = {{{users}}}
+local polite = {polite}
+local counter = 0
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {{}}; wait = 0 end
+function request()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, '{{"user_id": ' .. users[(counter % #users) + 1] .. ', "k": 10}}')
+end
+function delay() local d = wait; wait = 0; return d end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if polite and status >= 400 then
+    local after = tonumber(headers["Retry-After"] or headers["retry-after"] or "1") or 1
+    wait = after * 1000
+  end
+end
+function done(summary, latency, requests)
+  local all = {{}}
+  for _, t in ipairs(threads) do
+    for code, n in pairs(t:get("statuses")) do all[code] = (all[code] or 0) + n end
+  end
+  local parts = {{}}
+  for code, n in pairs(all) do table.insert(parts, '"' .. code .. '": ' .. n) end
+  io.write("STATUSES {{" .. table.concat(parts, ", ") .. "}}\\n")
+  io.write(string.format("LAT p50=%d p99=%d timeouts=%d\\n", latency:percentile(50), latency:percentile(99),
+                         summary.errors.timeout))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float, timeout_s: float = 10) -> dict:
+    """One wrk run; req/s, latency percentiles, statuses and client time-outs."""
+    threads = min(2, connections)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s",
+                          "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    statuses = json.loads(re.search(r"STATUSES (\{.*\})", out).group(1))
+    lat = re.search(r"LAT p50=(\d+) p99=(\d+) timeouts=(\d+)", out)
+    total = sum(statuses.values())
+    ok = sum(n for code, n in statuses.items() if code.startswith("2"))
+    return {"connections": connections, "req_per_s": round(total / seconds, 1), "goodput": round(ok / seconds, 1),
+            "p50_ms": int(lat.group(1)) / 1e3, "p99_ms": int(lat.group(2)) / 1e3, "statuses": statuses,
+            "timeouts": int(lat.group(3))}
+
+
+def script(folder: Path, name: str, users: list[int], token: str | None, polite: bool = False) -> Path:
+    auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
+    path = folder / f"{name}.lua"
+    path.write_text(LUA.format(auth=auth, users=", ".join(map(str, users)), polite="true" if polite else "false"))
+    return path
+
+
+def echo_app():
+    from fastapi import FastAPI
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(name="Echo", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+    @serve.ingress(app)
+    class Echo:
+        @app.post("/")
+        async def echo(self, body: dict) -> dict:  # builtin annotation: resolvable under postponed evaluation
+            return body
+
+    return Echo.bind()
+
+
+def replica_port(lo: int, hi: int, taken: set[int]) -> int | None:
+    """A listening port in the direct-ingress range that is not one already known."""
+    for port in range(lo, hi):
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return port
+    return None
+
+
+def emit(record: dict) -> dict:
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--config", default="serve_apps/recommender.yaml")
+    parser.add_argument("--redis-port", type=int, default=None)
+    parser.add_argument("--overload", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: `make wrk` (Debian package wrk)")
+
+    private, ports, app_args, tokens, sample, port = start_cluster(args.config)
+    from ray import serve
+
+    from rayml.serving.app import build_recommender
+
+    rec = script(private, "recommend", sample, tokens["read"])
+    polite = script(private, "polite", sample, tokens["read"], polite=True)
+    echo = script(private, "echo", sample, None)
+    try:
+        serve.run(echo_app(), name="echo", route_prefix="/echo")
+        echo_port = replica_port(ports.direct_http_min, ports.direct_http_min + ports.direct_span, set())
+        serve.run(build_recommender(app_args), name="recommender", route_prefix="/")
+        rec_port = replica_port(ports.direct_http_min, ports.direct_http_min + ports.direct_span, {echo_port})
+        base = f"http://127.0.0.1:{port}"
+        time.sleep(3)
+        for target in (f"{base}/echo/", f"{base}/recommend"):  # warm-up: first requests and HAProxy reloads
+            wrk(target, echo if "echo" in target else rec, 4, 3)
+        rows: dict[str, dict] = {}
+        for c in (1, 32):
+            rows[f"echo@{c}"] = emit({"bench": "edge", "target": "echo", "ingress": "haproxy",
+                                      **wrk(f"{base}/echo/", echo, c, args.seconds)})
+            rows[f"rec@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "haproxy",
+                                     **wrk(f"{base}/recommend", rec, c, args.seconds)})
+            fallback = f"http://127.0.0.1:{ports.fallback_http}"
+            rows[f"proxy@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "serve-proxy",
+                                       **wrk(f"{fallback}/recommend", rec, c, args.seconds)})
+            if rec_port is not None:
+                rows[f"direct@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "direct",
+                                            **wrk(f"http://127.0.0.1:{rec_port}/recommend", rec, c, args.seconds)})
+        if args.redis_port is not None:
+            from rayml.features.definitions import load_feature_repo
+            from rayml.features.materialize import materialize_view
+
+            repo_yaml = yaml.safe_load(Path(app_args.features).read_text())
+            repo_yaml["online_store"] = {"type": "redis", "port": args.redis_port}
+            (private / "features.yaml").write_text(yaml.safe_dump(repo_yaml))
+            repo = load_feature_repo(private / "features.yaml")
+            for view in repo.views:
+                materialize_view(repo, view, private / "online")
+            redis_args = app_args.model_copy(update={"features": str(private / "features.yaml"),
+                                                     "feature_state": str(private / "online")})
+            serve.run(build_recommender(redis_args), name="redis", route_prefix="/redis")
+            time.sleep(2)
+            wrk(f"{base}/redis/recommend", rec, 4, 3)
+            for c in (1, 32):
+                rows[f"redis@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "haproxy",
+                                           "store": "redis", **wrk(f"{base}/redis/recommend", rec, c, args.seconds)})
+            serve.delete("redis")
+        ratios = {
+            "rec_vs_echo_req_s@32": round(rows["rec@32"]["req_per_s"] / rows["echo@32"]["req_per_s"], 3),
+            "rec_req_s@32": rows["rec@32"]["req_per_s"], "rec_p50_ms@1": rows["rec@1"]["p50_ms"],
+            "rec_p99_ms@32": rows["rec@32"]["p99_ms"],
+            "haproxy_vs_proxy_req_s@32": round(rows["rec@32"]["req_per_s"] / rows["proxy@32"]["req_per_s"], 3),
+        }
+        if "redis@32" in rows:
+            ratios["redis_vs_embedded_req_s@32"] = round(rows["redis@32"]["req_per_s"] / rows["rec@32"]["req_per_s"], 3)
+        emit({"bench": "edge", "ratios": ratios})
+        if args.overload:
+            overload(f"{base}/recommend", rec, polite, args.seconds)
+    finally:
+        stop_cluster(private)
+
+
+def start_cluster(config: str):
+    """Ray with the shipped HAProxy ingress on its own ports and Serve on a free port; the recommender's args
+    from ``config`` with a fresh tokens file. Returns (folder, ports, args, tokens, user sample, HTTP port)."""
+    from rayml.serving.auth import write_demo_tokens
+    from rayml.serving.ingress import IngressPorts, with_ingress
+
+    private = Path(tempfile.mkdtemp(prefix="rmb-"))
+    ports = IngressPorts.free()
+    os.environ.update(with_ingress("haproxy", private / "haproxy", ports=ports))
+    import pyarrow.parquet as pq
+    import ray
+    from ray import serve
+
+    from rayml.serving import RecommenderArgs
+
+    raw = yaml.safe_load(Path(config).read_text())["applications"][0]["args"]
+    tokens = write_demo_tokens(private / "tokens.yaml")
+    raw["auth"] = {**raw.get("auth", {}), "tokens_file": str(private / "tokens.yaml")}
+    app_args = RecommenderArgs.model_validate(raw).model_copy(update={"event_log": None})
+    users = pq.read_table(app_args.candidates, columns=["user_id"])["user_id"].to_numpy()
+    sample = [int(u) for u in np.random.default_rng(0).choice(users, 1000)]
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024 * 1024)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return private, ports, app_args, tokens, sample, port
+
+
+def stop_cluster(private: Path) -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(private, ignore_errors=True)
+
+
+def overload(url: str, hammer: Path, polite: Path, seconds: float) -> None:
+    """The ladder, then C*, 2C*, 5C*, max(10C*, 320) for both kinds of client, then recovery after the load."""
+    ladder = {c: wrk(url, hammer, c, min(seconds, 5), timeout_s=2) for c in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
+    for row in ladder.values():
+        emit({"bench": "overload", "phase": "ladder", **row})
+    peak = max(r["goodput"] for r in ladder.values())
+    c_star = min(c for c, r in ladder.items() if r["goodput"] >= 0.95 * peak)
+    at_c_star = {}
+    for kind, path in (("hammering", hammer), ("polite", polite)):
+        for factor, c in (("1x", c_star), ("2x", 2 * c_star), ("5x", 5 * c_star), ("10x", max(10 * c_star, 320))):
+            row = emit({"bench": "overload", "client": kind, "load": factor, "c_star": c_star, "peak": peak,
+                        **wrk(url, path, c, seconds, timeout_s=2)})
+            if factor == "1x":
+                at_c_star[kind] = row
+            else:
+                row["goodput_vs_peak"] = round(row["goodput"] / peak, 3)
+                row["p99_vs_c_star"] = round(row["p99_ms"] / max(at_c_star[kind]["p99_ms"], 1e-3), 2)
+                emit({"bench": "overload", "client": kind, "load": factor, "goodput_vs_peak": row["goodput_vs_peak"],
+                      "p99_vs_c_star": row["p99_vs_c_star"]})
+    after = wrk(url, hammer, c_star, 5, timeout_s=2)  # recovery: back to peak once the load drops
+    emit({"bench": "overload", "phase": "after", **after, "vs_peak": round(after["goodput"] / peak, 3)})
+
+
+if __name__ == "__main__":
+    main()

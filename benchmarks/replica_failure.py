@@ -1,0 +1,81 @@
+"""Benchmark: `kill -9` of one of two recommender replicas under load, through the HAProxy ingress.
+
+    python benchmarks/replica_failure.py [--seconds 30] [--kill-at 10] [--connections 16]   (after `make demo-data`)
+
+wrk drives ``/recommend`` in one-second slices; at ``--kill-at`` one replica's process gets SIGKILL. Prints one
+JSON line per slice, then the summary: requests lost (non-2xx and client errors) as a share of all, the status
+codes that remained, and how long goodput took to come back to 90 % of its median before the kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from edge import emit, script, start_cluster, stop_cluster, wrk
+
+
+def replica_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            if (a.class_name or "").startswith("ServeReplica:failure:")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--kill-at", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--config", default="serve_apps/recommender.yaml")
+    args = parser.parse_args()
+    private, _, app_args, tokens, sample, port = start_cluster(args.config)
+    from ray import serve
+
+    from rayml.serving.app import Recommender
+    from rayml.serving.config import load_serving_repo
+
+    try:
+        served = app_args.model_copy(update={"feature_log": None})
+        app = Recommender.options(num_replicas=2).bind(served.model_dump(), load_serving_repo(served).model_dump())
+        serve.run(app, name="failure", route_prefix="/")
+        url = f"http://127.0.0.1:{port}/recommend"
+        rec = script(private, "recommend", sample, tokens["read"])
+        wrk(url, rec, 4, 3)
+        pids = replica_pids()
+        slices, killed, victim = [], None, None
+        for second in range(args.seconds):
+            if second == args.kill_at:
+                victim = pids[0]
+                os.kill(victim, signal.SIGKILL)
+                killed = time.monotonic()
+            row = wrk(url, rec, args.connections, 1, timeout_s=2)
+            slices.append(row)
+            emit({"bench": "replica_failure", "second": second, **row})
+        before = float(np.median([r["goodput"] for r in slices[: args.kill_at]]))
+        after = slices[args.kill_at:]
+        back = next((i for i, r in enumerate(after) if r["goodput"] >= 0.9 * before), None)
+        total = sum(sum(r["statuses"].values()) + r["timeouts"] for r in slices)
+        lost_codes: dict[str, int] = {}
+        for r in slices:
+            for code, n in r["statuses"].items():
+                if not code.startswith("2"):
+                    lost_codes[code] = lost_codes.get(code, 0) + n
+        lost = sum(lost_codes.values()) + sum(r["timeouts"] for r in slices)
+        emit({"bench": "replica_failure", "replicas": len(pids), "victim": victim, "requests": total, "lost": lost,
+              "lost_share": round(lost / max(total, 1), 5), "lost_statuses": lost_codes,
+              "timeouts": sum(r["timeouts"] for r in slices), "median_goodput_before": before,
+              "seconds_to_90pct": back, "killed_at_s": args.kill_at, "wall_s": round(time.monotonic() - killed, 1)})
+    finally:
+        stop_cluster(private)
+
+
+if __name__ == "__main__":
+    main()

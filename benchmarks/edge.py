@@ -169,17 +169,20 @@ def main() -> None:
                 rows[f"direct@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "direct",
                                             **wrk(f"http://127.0.0.1:{rec_port}/recommend", rec, c, args.seconds)})
         if args.redis_port is not None:
+            import pyarrow.parquet as pq
+
             from rayml.features.definitions import load_feature_repo
-            from rayml.features.materialize import materialize_view
+            from rayml.features.redis_store import RedisOnlineStore
 
             repo_yaml = yaml.safe_load(Path(app_args.features).read_text())
             repo_yaml["online_store"] = {"type": "redis", "port": args.redis_port}
             (private / "features.yaml").write_text(yaml.safe_dump(repo_yaml))
-            repo = load_feature_repo(private / "features.yaml")
+            repo = load_feature_repo(private / "features.yaml", check_sources=False)
+            store = RedisOnlineStore(port=args.redis_port)  # the materialized snapshots, as the job writes them
             for view in repo.views:
-                materialize_view(repo, view, private / "online")
-            redis_args = app_args.model_copy(update={"features": str(private / "features.yaml"),
-                                                     "feature_state": str(private / "online")})
+                key = repo.entities[repo.views[view].entity].key
+                store.write(view, pq.read_table(Path(app_args.feature_state) / f"{view}.parquet"), key=key)
+            redis_args = app_args.model_copy(update={"features": str(private / "features.yaml")})
             serve.run(build_recommender(redis_args), name="redis", route_prefix="/redis")
             time.sleep(2)
             wrk(f"{base}/redis/recommend", rec, 4, 3)

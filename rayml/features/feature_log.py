@@ -8,6 +8,7 @@ partial file). Sampling is per request, so a logged request keeps all of its can
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import random
 import threading
@@ -29,6 +30,9 @@ class FeatureLogConfig(StrictModel):
     flush_rows: int = Field(10_000, ge=1, description="Rows buffered before a file is written.")
 
 
+logger = logging.getLogger(__name__)
+
+
 class FeatureLogger:
     """Thread-safe sampled logger; call :meth:`flush` on shutdown."""
 
@@ -40,6 +44,7 @@ class FeatureLogger:
         self._tables: list[pa.Table] = []
         self._rows = 0
         self.files_written = 0
+        self.dropped_rows = 0  # rows lost to a failed write (counted, logged; the requests still succeed)
 
     def sampled(self) -> bool:
         return self._rng.random() < self.config.sample_rate
@@ -55,13 +60,22 @@ class FeatureLogger:
         for prefix, lookup in lookups.items():
             for name, values in lookup.columns.items():
                 values = np.repeat(values, n) if len(values) == 1 and n > 1 else values
-                columns[f"{prefix}.{name}"] = pa.array(values, from_pandas=True)
+                array = pa.array(values, from_pandas=True)
+                # All missing (e.g. Redis returns NaN for a string feature nobody has): the null type, which
+                # concatenation promotes to whatever type the other requests' values have.
+                columns[f"{prefix}.{name}"] = pa.nulls(len(array)) if array.null_count == len(array) else array
         table = pa.table(columns)
         with self._lock:
             self._tables.append(table)
             self._rows += n
             if self._rows >= self.config.flush_rows:
-                self._write_locked()
+                buffered = self._rows
+                try:
+                    self._write_locked()
+                except (OSError, pa.ArrowException) as exc:  # the log is best effort: never fail the request
+                    self.dropped_rows += buffered
+                    self._tables, self._rows = [], 0
+                    logger.error("served-feature log: dropped a buffer (%s: %s)", type(exc).__name__, exc)
 
     def flush(self) -> None:
         with self._lock:

@@ -199,7 +199,9 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         (the fused plan has no other await, and would otherwise answer them strictly one at a time).
         """
         if IN_FLIGHT.value <= 1:
-            return (await self._answer([call]))[0]
+            await asyncio.sleep(0)
+            if IN_FLIGHT.value <= 1:
+                return (await self._answer([call]))[0]
         return await self._recommend_batch(call)
 
     def batching(self) -> dict[str, float]:
@@ -207,7 +209,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
 
     @api.post("/recommend", response_model=RecommendResponse, responses=responses(401, 403, 404, 413, 422, 429, 503),
               openapi_extra=SECURED)
-    async def recommend(self, request: RecommendRequest, authorization: Authorization) -> JSONResponse:
+    async def recommend(self, request: RecommendRequest, authorization: Authorization = None) -> JSONResponse:
         """Top ``k`` items for a user. ``explain: true`` needs the admin role (it returns raw features)."""
         self.auth.check(authorization, "admin" if request.explain else "read")
         k = request.k or self.core.args.default_k
@@ -248,7 +250,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
                             headers={"x-model-version": rec.model_version})
 
     @api.post("/events", responses=responses(401, 403, 404, 413, 422, 503), openapi_extra=SECURED)
-    def events(self, request: EventsRequest, authorization: Authorization) -> EventsResponse:
+    def events(self, request: EventsRequest, authorization: Authorization = None) -> EventsResponse:
         """Ingest impressions into the real-time windows (and the event log); needs the ingest role.
 
         503 while the store is down. Events stamped more than ``realtime.max_future_s`` ahead or
@@ -281,7 +283,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         return EventsResponse(accepted=len(events))
 
     @api.post("/score", responses=responses(401, 403, 413, 422, 503), openapi_extra=SECURED)
-    async def score(self, request: ScoreRequest, authorization: Authorization) -> ScoreResponse:
+    async def score(self, request: ScoreRequest, authorization: Authorization = None) -> ScoreResponse:
         """Scores of any items for a user, on their online features (the default ranker)."""
         self.auth.check(authorization, "read")
         item_ids = np.asarray(request.item_ids, np.int64)

@@ -70,7 +70,7 @@ class OIPRoutes:
 
     @api.get("/v2/models/{name}", responses=responses(401, 403, 404), openapi_extra=SECURED)
     @api.get("/v2/models/{name}/versions/{version}", responses=responses(401, 403, 404), openapi_extra=SECURED)
-    def oip_metadata(self, name: str, authorization: Authorization, version: str | None = None):
+    def oip_metadata(self, name: str, authorization: Authorization = None, version: str | None = None):
         self.auth.check(authorization, "read")
         model, error = self._oip_model(name, version)
         if error is not None:
@@ -91,7 +91,7 @@ class OIPRoutes:
     @api.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY, responses=responses(400, 401, 403, 404, 413, 503))
     @api.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY,
               responses=responses(400, 401, 403, 404, 413, 503))
-    async def oip_infer(self, name: str, request: Request, authorization: Authorization, version: str | None = None):
+    async def oip_infer(self, name: str, request: Request, authorization: Authorization = None, version: str | None = None):
         self.auth.check(authorization, "read")
         model, error = self._oip_model(name, version)
         if error is not None:

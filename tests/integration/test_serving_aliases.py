@@ -35,7 +35,7 @@ def test_aliases_per_request_and_live_alias_moves_under_load(serve_url, trained,
         assert health["aliases"] == {"beta": f"ranker:v{first}"}
         assert "gamma" in health["alias_errors"]  # not in the registry yet: reported, not fatal
         answer = requests.post(f"{base}/recommend", json={"user_id": 3, "k": 3, "model_alias": "beta"}, timeout=10)
-        assert answer.json()["model_version"] == f"ranker:v{first}"
+        assert answer.status_code == 200 and answer.json()["model_version"] == f"ranker:v{first}", answer.text
         default = requests.post(f"{base}/recommend", json={"user_id": 3, "k": 3}, timeout=10).json()
         assert default["model_version"] == "ranker:v1"
         unknown = requests.post(f"{base}/recommend", json={"user_id": 3, "model_alias": "gamma"}, timeout=10)

@@ -48,7 +48,7 @@ def test_healthz(serve_url):
     assert body == {
         "status": "ok", "reasons": [], "live": True, "ready": True, "model_version": "ranker:v1",
         "artifact": "model.onnx", "online_store": "embedded", "online_store_errors": 0, "model_call_failures": 0,
-        "ingress": "serve-proxy", "plan": "fused", "auth": {"enabled": False, "protect_reads": True},
+        "ingress": "haproxy", "plan": "fused", "auth": {"enabled": False, "protect_reads": True},
         "models": {"ranker 'production'": {"ref": "production", "serving": "ranker:v1", "follows_registry": True},
                    "retriever 'production'": {"ref": "production", "serving": "retriever:v1",
                                               "follows_registry": True}},

@@ -61,6 +61,7 @@ bench: install redis-server wrk ## Benchmarks; each prints one JSON line per mea
 	redis-server --port $$port --bind 127.0.0.1 --save '' --appendonly no >/dev/null & rpid=$$!; sleep 0.5; \
 	$(BIN)/python benchmarks/edge.py --redis-port $$port --overload; status=$$?; kill $$rpid; exit $$status
 	$(BIN)/python benchmarks/replica_failure.py
+	$(BIN)/python benchmarks/stage_cpu.py
 
 clean: ## Remove demo data (keeps .venv).
 	rm -rf $(DEMO)

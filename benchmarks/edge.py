@@ -150,7 +150,7 @@ def main() -> None:
     try:
         serve.run(echo_app(), name="echo", route_prefix="/echo")
         echo_port = replica_port(ports.direct_http_min, ports.direct_http_min + ports.direct_span, set())
-        serve.run(build_recommender(app_args), name="recommender", route_prefix="/")
+        serve.run(shipped_deployment(args.config, app_args), name="recommender", route_prefix="/")
         rec_port = replica_port(ports.direct_http_min, ports.direct_http_min + ports.direct_span, {echo_port})
         base = f"http://127.0.0.1:{port}"
         time.sleep(3)
@@ -203,6 +203,20 @@ def main() -> None:
             overload(f"{base}/recommend", rec, polite, args.seconds)
     finally:
         stop_cluster(private)
+
+
+def shipped_deployment(config: str, app_args):
+    """The recommender with the shipped YAML's deployment options (queue bounds, backpressure, CPU share), at one
+    replica instead of autoscaling, so every run compares like with like."""
+    from rayml.serving.app import Recommender
+    from rayml.serving.config import load_serving_repo
+
+    options = dict(yaml.safe_load(Path(config).read_text())["applications"][0]["deployments"][0])
+    keep = ("max_ongoing_requests", "max_queued_requests", "backpressure_config", "ray_actor_options",
+            "graceful_shutdown_timeout_s")
+    chosen = {key: options[key] for key in keep if key in options}
+    return Recommender.options(num_replicas=1, **chosen).bind(app_args.model_dump(),
+                                                              load_serving_repo(app_args).model_dump())
 
 
 def start_cluster(config: str):

@@ -23,10 +23,16 @@ from edge import emit, script, start_cluster, stop_cluster, wrk
 
 
 def replica_pids() -> list[int]:
-    from ray.util.state import list_actors
-
-    return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-            if (a.class_name or "").startswith("ServeReplica:failure:")]
+    """PIDs of this run's recommender replicas (Ray titles them ``ray::ServeReplica:<app>:<deployment>``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::ServeReplica:failure:"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return sorted(pids)
 
 
 def main() -> None:

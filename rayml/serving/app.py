@@ -72,7 +72,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         self.core = RecommenderCore(RecommenderArgs.model_validate(args), FeatureRepo.model_validate(repo))
         self.ranker = ranker
         edge = self.core.args
-        EDGE.update(max_body_bytes=edge.max_body_bytes, access_log_sample=edge.access_log_sample)
+        EDGE.update(max_body_bytes=edge.max_body_bytes, access_log_sample=edge.access_log_sample,
+                    max_in_flight=edge.max_in_flight, retry_after_s=edge.retry_after_s)
         self.auth = TokenStore(edge.auth)
         self.health = ReplicaHealth(edge.health.stall_s, edge.health.failing_after)
         backend = {"backend": self.core.features.backend}
@@ -205,7 +206,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         return await self._recommend_batch(call)
 
     def batching(self) -> dict[str, float]:
-        return {**batching_state(self._recommend_batch), "largest_batch": self.core.largest_batch}
+        return {**batching_state(self._recommend_batch), "largest_batch": self.core.largest_batch,
+                "shed": IN_FLIGHT.shed}
 
     @api.post("/recommend", response_model=RecommendResponse, responses=responses(401, 403, 404, 413, 422, 429, 503),
               openapi_extra=SECURED)

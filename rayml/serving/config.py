@@ -69,6 +69,13 @@ class RecommenderArgs(StrictModel):
     )
     auth: AuthConfig = Field(AuthConfig(), description="Bearer tokens by role (read, ingest, admin).")
     health: HealthConfig = Field(HealthConfig(), description="Liveness thresholds (see rayml.serving.health).")
+    max_in_flight: int = Field(
+        64, ge=0, le=100_000,
+        description="Admission control: a POST arriving while this many requests are inside the replica gets 503 + "
+        "Retry-After at once, before any work (0: admit all). Keep it near a few batches: every admitted request "
+        "waits for the ones ahead of it.",
+    )
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After of an admission-control 503.")
     access_log_sample: float = Field(
         0.01, ge=0, le=1, description="Share of requests given an access-log line (every 5xx is logged)."
     )

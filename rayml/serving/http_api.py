@@ -27,6 +27,8 @@ api = FastAPI(title="rayml recommender", version="0.1.0")
 EDGE: dict[str, Any] = {  # this replica's edge settings, set from its args at start
     "max_body_bytes": RecommenderArgs.model_fields["max_body_bytes"].default,
     "access_log_sample": 0.0,
+    "max_in_flight": 0,
+    "retry_after_s": 1,
 }
 IN_FLIGHT = RequestCount()  # HTTP requests inside this replica now
 
@@ -49,9 +51,13 @@ def _in_flight() -> RequestCount:
     return IN_FLIGHT
 
 
+def _admission() -> tuple[int, int]:
+    return EDGE["max_in_flight"], EDGE["retry_after_s"]
+
+
 api.add_middleware(BodyLimit, max_bytes=_max_body_bytes)
 api.add_middleware(AccessLog, sample_rate=_access_log_sample, sink=_access_line)
-api.add_middleware(InFlight, counter=_in_flight)  # added last: outermost, so it counts from the first byte
+api.add_middleware(InFlight, counter=_in_flight, limit=_admission)  # last: outermost, counts from the first byte
 
 # The raw `Authorization` header. A plain header parameter, not a FastAPI security dependency (which costs about
 # 5 % of a request here); the bearer scheme is declared in the OpenAPI schema by `document_security`.
@@ -60,7 +66,7 @@ BEARER_SCHEME = {"type": "http", "scheme": "bearer",
                  "description": "A token of the role the route needs: read, ingest or admin (admin ⊇ ingest ⊇ read)."}
 
 
-SECURED = {"security": [{"bearer": []}]}  # `openapi_extra` of a route that reads the Authorization header
+SECURED: dict[str, Any] = {"security": [{"bearer": []}]}  # `openapi_extra` of a route that reads the Authorization header
 
 
 def document_security(schema: dict[str, Any]) -> None:

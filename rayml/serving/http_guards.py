@@ -69,18 +69,32 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 class InFlight:
-    """``app.add_middleware(InFlight, counter=get)``: ``get().value`` is the number of HTTP requests in the app now."""
+    """``app.add_middleware(InFlight, counter=get, limit=get_limit)``: ``get().value`` is the number of HTTP
+    requests in the app now.
+
+    Admission control: a ``POST`` arriving while ``limit()`` requests are already inside is answered ``503`` with
+    ``Retry-After`` at once, before its body is read or any work starts, so an overloaded replica spends its CPU
+    on the requests it accepted instead of on a queue that grows until clients time out. Probes (``GET``) are
+    always admitted. ``limit() == 0`` admits everything.
+    """
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
-                 counter: Callable[[], RequestCount]) -> None:
+                 counter: Callable[[], RequestCount], limit: Callable[[], tuple[int, int]] | None = None) -> None:
         self.app = app
         self.counter = counter
+        self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         counter = self.counter()
+        if self.limit is not None and scope.get("method") == "POST":
+            most, retry_after_s = self.limit()
+            if most and counter.value >= most:
+                counter.shed += 1
+                await _over_capacity(send, most, retry_after_s)
+                return
         counter.value += 1  # one event loop: no lock needed
         try:
             await self.app(scope, receive, send)
@@ -93,6 +107,16 @@ class RequestCount:
 
     def __init__(self) -> None:
         self.value = 0
+        self.shed = 0  # requests refused by admission control
+
+
+async def _over_capacity(send: Send, most: int, retry_after_s: int) -> None:
+    body = json.dumps({"detail": f"over capacity: {most} requests in this replica already; retry after "
+                                 f"{retry_after_s}s"}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", str(retry_after_s).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class AccessLog:

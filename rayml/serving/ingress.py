@@ -87,7 +87,7 @@ def chosen_ingress(requested: str | None = None) -> Ingress:
     value = value or "haproxy"
     if value not in INGRESSES:
         raise ConfigError(f"{source}: {value!r} is not an ingress; use one of {', '.join(INGRESSES)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def ingress_env(ingress: Ingress, state_dir: str | Path, ports: IngressPorts | None = None,

@@ -43,7 +43,7 @@ def test_healthz(serve_url):
     response = requests.get(f"{serve_url}/healthz", timeout=10)
     assert response.status_code == 200
     body = response.json()
-    assert body.pop("batching").keys() == {"max_batch_size", "batch_wait_timeout_s", "largest_batch"}
+    assert body.pop("batching").keys() == {"max_batch_size", "batch_wait_timeout_s", "largest_batch", "shed"}
     assert isinstance(body.pop("replica"), str)
     assert body == {
         "status": "ok", "reasons": [], "live": True, "ready": True, "model_version": "ranker:v1",

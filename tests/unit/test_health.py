@@ -129,3 +129,40 @@ def test_access_log_samples_but_keeps_every_server_error():
 
     asyncio.run(scenario())
     assert [(line["route"], line["status"]) for line in lines] == [("/boom", 503)]
+
+
+def test_admission_control_sheds_posts_before_any_work_and_never_probes():
+    from rayml.serving.http_guards import InFlight, RequestCount
+
+    counter = RequestCount()
+    inner = FastAPI()
+    started: list[str] = []
+    release = asyncio.Event()
+
+    @inner.post("/work")
+    async def work() -> dict:
+        started.append("work")
+        await release.wait()
+        return {"ok": True}
+
+    @inner.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    app = InFlight(inner, counter=lambda: counter, limit=lambda: (2, 3))
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            held = [asyncio.create_task(client.post("/work", json={})) for _ in range(2)]
+            while len(started) < 2:
+                await asyncio.sleep(0.01)
+            shed = await client.post("/work", json={})
+            probe = await client.get("/healthz")
+            release.set()
+            return [shed, probe, *await asyncio.gather(*held)]
+
+    shed, probe, *held = asyncio.run(scenario())
+    assert shed.status_code == 503 and shed.headers["retry-after"] == "3" and "over capacity" in shed.json()["detail"]
+    assert probe.status_code == 200 and all(r.status_code == 200 for r in held)
+    assert started == ["work", "work"] and counter.shed == 1 and counter.value == 0  # the shed one did no work

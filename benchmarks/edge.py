@@ -25,8 +25,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -225,6 +227,9 @@ def start_cluster(config: str):
     from rayml.serving.auth import write_demo_tokens
     from rayml.serving.ingress import IngressPorts, with_ingress
 
+    # SIGTERM (a `timeout`, a CI runner) must still reach the `finally` that shuts Serve down: a driver killed
+    # outright leaves its HAProxy running, holding the ports.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     private = Path(tempfile.mkdtemp(prefix="rmb-"))
     ports = IngressPorts.free()
     os.environ.update(with_ingress("haproxy", private / "haproxy", ports=ports))

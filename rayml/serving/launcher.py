@@ -70,6 +70,7 @@ def check_serve_config(config_path: str | Path) -> tuple[str, int, list[Recommen
             problems.append(format_validation_error(f"{path}: applications.{i}.args", RecommenderArgs, exc))
             continue
         apps.append(args)
+        problems += [f"{path}: {problem}" for problem in overload_problems(i, args, raw["applications"][i])]
         for key in PATH_ARGS:
             if not Path(getattr(args, key)).exists():
                 problems.append(
@@ -85,6 +86,38 @@ def check_serve_config(config_path: str | Path) -> tuple[str, int, list[Recommen
         raise ConfigError("\n".join(problems))
     host = schema.http_options.host
     return ("127.0.0.1" if host in ("0.0.0.0", "::") else host), schema.http_options.port, apps
+
+
+DEFAULT_BATCH = 8  # the ingress's @serve.batch max_batch_size when user_config leaves it out
+
+
+def overload_problems(index: int, args: RecommenderArgs, app: dict) -> list[str]:
+    """Overload settings of the recommender's ingress that cannot work, each naming its key.
+
+    - ``max_ongoing_requests`` below the batch size: Serve never lets a full batch into the replica.
+    - ``args.max_in_flight`` below the batch size or above what Serve admits (``max_ongoing_requests`` +
+      ``max_queued_requests``): batches never fill, or the guard never fires.
+    """
+    problems = []
+    for j, deployment in enumerate(app.get("deployments") or []):
+        if deployment.get("name") != "Recommender":
+            continue
+        where = f"applications.{index}.deployments.{j}"
+        batch = (deployment.get("user_config") or {}).get("max_batch_size", DEFAULT_BATCH)
+        ongoing = deployment.get("max_ongoing_requests")
+        if ongoing is not None and ongoing < batch:
+            problems.append(f"key '{where}.max_ongoing_requests': {ongoing} is below the batch size {batch} "
+                            "(user_config.max_batch_size): a batch could never fill")
+        if args.max_in_flight and args.max_in_flight < batch:
+            problems.append(f"key 'applications.{index}.args.max_in_flight': {args.max_in_flight} is below the "
+                            f"batch size {batch}: a batch could never fill; raise it or set 0")
+        queued = deployment.get("max_queued_requests")
+        if args.max_in_flight and ongoing is not None and queued is not None and queued >= 0 \
+                and args.max_in_flight > ongoing + queued:
+            problems.append(f"key 'applications.{index}.args.max_in_flight': {args.max_in_flight} is above what "
+                            f"Serve admits ({where}: max_ongoing_requests {ongoing} + max_queued_requests {queued} "
+                            f"= {ongoing + queued}): it would never shed; lower it or set 0")
+    return problems
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> bool:

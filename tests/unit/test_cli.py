@@ -110,3 +110,23 @@ def test_serve_checks_the_config_before_starting_anything(tmp_path):
     bad.write_text(yaml.safe_dump(config))
     result = run("serve", str(bad))
     assert result.exit_code == 2 and f"{bad}: key 'http_options.port'" in result.output
+
+
+def test_serve_refuses_overload_settings_that_cannot_work(tmp_path):
+    import yaml
+
+    config = yaml.safe_load(Path("serve_apps/recommender.yaml").read_text())
+    deployment = config["applications"][0]["deployments"][0]
+    deployment["max_ongoing_requests"] = 4  # below the batch size of 8
+    config["applications"][0]["args"]["max_in_flight"] = 500  # above 4 ongoing + 32 queued
+    bad = tmp_path / "overload.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = run("serve", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}: key 'applications.0.deployments.0.max_ongoing_requests': 4 is below the batch size 8" in result.output
+    assert "key 'applications.0.args.max_in_flight': 500 is above what Serve admits" in result.output
+    config["applications"][0]["args"]["max_in_flight"] = 3
+    deployment["max_ongoing_requests"] = 32
+    bad.write_text(yaml.safe_dump(config))
+    result = run("serve", str(bad))
+    assert result.exit_code == 2 and "key 'applications.0.args.max_in_flight': 3 is below the batch size 8" in result.output

@@ -62,6 +62,7 @@ bench: install redis-server wrk ## Benchmarks; each prints one JSON line per mea
 	$(BIN)/python benchmarks/edge.py --redis-port $$port --overload; status=$$?; kill $$rpid; exit $$status
 	$(BIN)/python benchmarks/replica_failure.py
 	$(BIN)/python benchmarks/stage_cpu.py
+	$(BIN)/python benchmarks/events_memory.py
 
 clean: ## Remove demo data (keeps .venv).
 	rm -rf $(DEMO)

@@ -20,7 +20,8 @@ them out. They are kept whenever ``recent_clicks > 0``, whether or not ``user`` 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,11 @@ class RealtimeConfig(StrictModel):
     )
     recent_clicks: int = Field(
         50, ge=0, le=10_000, description="Last N clicked items kept per user (post-filters exclude them); 0: none kept."
+    )
+    max_entities: int = Field(
+        20_000, ge=1, le=100_000_000,
+        description="Embedded store only: entities kept per entity type (least recently updated dropped first), so "
+        "events with random ids cannot grow a replica's memory without bound. Redis expires keys instead.",
     )
 
     @model_validator(mode="after")
@@ -134,8 +140,16 @@ class EmbeddedWindowStore:
     def __init__(self, config: RealtimeConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self._counts: dict[str, dict[int, dict[int, list[int]]]] = defaultdict(lambda: defaultdict(dict))
-        self._clicks: dict[int, dict[int, float]] = {}  # user → item → last click ts, at most recent_clicks items
+        # entity → id → bucket → [impressions, clicks]; each id map is kept in update order (oldest first)
+        self._counts: dict[str, OrderedDict[int, dict[int, list[int]]]] = defaultdict(OrderedDict)
+        self._clicks: OrderedDict[int, dict[int, float]] = OrderedDict()  # user → item → ts, most recent last
+        self.evicted = 0  # entities dropped to keep within max_entities
+
+    def _bound(self, table: OrderedDict) -> None:
+        """Drop the least recently updated entities beyond ``max_entities`` (caller holds the lock)."""
+        while len(table) > self.config.max_entities:
+            table.popitem(last=False)
+            self.evicted += 1
 
     def ingest(self, entity: str, ids: np.ndarray, events: Events, *, track_recent_clicks: bool = True) -> None:
         """Add ``events`` to the counters of ``entity`` (``ids``: its id per event).
@@ -149,15 +163,21 @@ class EmbeddedWindowStore:
         with self._lock:
             table = self._counts[entity]
             for (entity_id, bucket), (n_imp, n_clk) in bucket_counts(self.config, ids, events).items():
-                cell = table[entity_id].setdefault(bucket, [0, 0])
+                buckets = table.get(entity_id)
+                if buckets is None:
+                    buckets = table[entity_id] = {}
+                else:
+                    table.move_to_end(entity_id)
+                cell = buckets.setdefault(bucket, [0, 0])
                 cell[0] += n_imp
                 cell[1] += n_clk
-                for old in [b for b in table[entity_id] if b <= horizon]:
-                    del table[entity_id][old]
+                for old in [b for b in buckets if b <= horizon]:
+                    del buckets[old]
+            self._bound(table)
 
     def lookup(self, entity: str, ids: np.ndarray, now: float) -> Lookup:
         with self._lock:
-            table = self._counts.get(entity, {})
+            table: Mapping[int, dict[int, list[int]]] = self._counts.get(entity, {})
             per_id = [dict(table.get(int(i), {})) for i in ids]
         return window_lookup(self.config, per_id, now)
 
@@ -166,11 +186,13 @@ class EmbeddedWindowStore:
         with self._lock:
             for user, batch in clicks_by_user(events).items():
                 clicks = self._clicks.setdefault(user, {})
+                self._clicks.move_to_end(user)
                 for item, ts in batch.items():
                     if ts > clicks.get(item, -np.inf):  # an older click never moves an item (Redis ZADD GT)
                         clicks[item] = ts
                 if len(clicks) > n:
                     self._clicks[user] = {item: clicks[item] for item in newest_clicks(clicks, n)}
+            self._bound(self._clicks)
 
     def recent_clicks(self, user_ids: np.ndarray) -> list[np.ndarray]:
         """Each user's recently clicked item ids (int64), newest first; empty for a user with none."""

@@ -146,3 +146,23 @@ def test_online_features_recent_clicks_even_without_user_windows_and_need_a_real
     without = OnlineFeatures(FeatureRepo(entities=entities, views={}), tmp_path)
     with pytest.raises(LookupError, match="no `realtime:` block"):
         without.recent_clicks(7)
+
+
+def test_random_ids_cannot_grow_the_embedded_store_beyond_max_entities():
+    """Events with random ids (anyone can POST /events) keep at most max_entities per entity type; the entities
+    updated last are the ones kept, and their counts stay exact."""
+    config = RealtimeConfig(bucket_s=60, windows={"5m": 300}, max_entities=1_000, recent_clicks=5)
+    store = EmbeddedWindowStore(config)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # 20 × 5,000 events with random ids
+        users = rng.integers(0, 2**62, 5_000)
+        batch = events(users, rng.integers(0, 2**62, 5_000), np.full(5_000, NOW - 10), np.ones(5_000, bool))
+        store.ingest("user", batch.user_id, batch)
+        store.ingest("item", batch.item_id, batch, track_recent_clicks=False)
+    assert len(store._counts["user"]) == len(store._counts["item"]) == 1_000
+    assert len(store._clicks) == 1_000 and store.evicted >= 2 * (100_000 - 1_000)
+    kept = events([7, 7], [1, 2], [NOW - 5, NOW - 4], [True, False])  # a real user, updated last: kept, exact
+    store.ingest("user", kept.user_id, kept)
+    looked = store.lookup("user", np.array([7]), NOW)
+    assert looked.columns["impressions_5m"][0] == 2 and looked.columns["clicks_5m"][0] == 1
+    assert store.recent_clicks(np.array([7]))[0].tolist() == [1]

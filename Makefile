@@ -63,6 +63,7 @@ bench: install redis-server wrk ## Benchmarks; each prints one JSON line per mea
 	$(BIN)/python benchmarks/replica_failure.py
 	$(BIN)/python benchmarks/stage_cpu.py
 	$(BIN)/python benchmarks/events_memory.py
+	RAYML_SCHEMA_EXAMPLES=100 $(BIN)/pytest tests/integration/test_serving_schema.py -q
 
 clean: ## Remove demo data (keeps .venv).
 	rm -rf $(DEMO)

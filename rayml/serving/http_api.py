@@ -98,6 +98,41 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: ERRORS[code] for code in codes}
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
+
+
+OIP_ERRORS: dict[int, dict[str, Any]] = {  # the protocol's own error shape, {"error": "..."}
+    400: _error("Malformed tensor or header; the message starts with the field."),
+    404: _error("Unknown model or version."),
+    503: {**_error("The model's deployment is unavailable or a dependency is down."), "headers": RETRY},
+}
+
+
+def oip_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Like :func:`responses`, with OIP's ``{"error"}`` body for the statuses the protocol defines."""
+    return {code: OIP_ERRORS.get(code, ERRORS[code]) for code in codes}
+
+
+def exact_int64(node: Any) -> Any:
+    """The schema with float-rendered int64 bounds (``9.223372036854776e+18``, which admits ids beyond int64) put
+    back as exact integers."""
+    if isinstance(node, dict):
+        out = {key: exact_int64(value) for key, value in node.items()}
+        if out.get("type") == "integer":
+            for key in ("maximum", "minimum"):
+                if isinstance(out.get(key), float) and out[key].is_integer():
+                    out[key] = MAX_INT64 if out[key] >= float(MAX_INT64) else int(out[key])
+        return out
+    if isinstance(node, list):
+        return [exact_int64(value) for value in node]
+    return node
+
+
+MAX_INT64 = 2**63 - 1
+
+
 @api.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422, made safe for inputs JSON cannot encode (``Infinity``/``NaN`` literals would make it a 500)."""

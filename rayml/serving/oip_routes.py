@@ -18,8 +18,9 @@ from rayml.serving.http_api import (
     Authorization,
     api,
     document_security,
+    exact_int64,
     oip_error,
-    responses,
+    oip_responses,
 )
 from rayml.serving.recommender import RecommenderCore
 
@@ -68,8 +69,8 @@ class OIPRoutes:
     def oip_server(self) -> dict:
         return {"name": "rayml", "version": api.version, "extensions": ["binary_tensor_data"]}
 
-    @api.get("/v2/models/{name}", responses=responses(401, 403, 404), openapi_extra=SECURED)
-    @api.get("/v2/models/{name}/versions/{version}", responses=responses(401, 403, 404), openapi_extra=SECURED)
+    @api.get("/v2/models/{name}", responses=oip_responses(401, 403, 404), openapi_extra=SECURED)
+    @api.get("/v2/models/{name}/versions/{version}", responses=oip_responses(401, 403, 404), openapi_extra=SECURED)
     def oip_metadata(self, name: str, authorization: Authorization = None, version: str | None = None):
         self.auth.check(authorization, "read")
         model, error = self._oip_model(name, version)
@@ -79,8 +80,8 @@ class OIPRoutes:
         return oip.ModelMetadata(name=name, versions=[served], platform="onnxruntime_onnx", inputs=[spec_in],
                                  outputs=[spec_out])
 
-    @api.get("/v2/models/{name}/ready", responses=responses(404, 503))
-    @api.get("/v2/models/{name}/versions/{version}/ready", responses=responses(404, 503))
+    @api.get("/v2/models/{name}/ready", responses=oip_responses(404, 503))
+    @api.get("/v2/models/{name}/versions/{version}/ready", responses=oip_responses(404, 503))
     async def oip_model_ready(self, name: str, version: str | None = None):
         _, error = self._oip_model(name, version)
         if error is not None:
@@ -88,9 +89,9 @@ class OIPRoutes:
         not_ready = await self._ready()  # type: ignore[attr-defined]
         return not_ready if not_ready is not None else {"name": name, "ready": True}
 
-    @api.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY, responses=responses(400, 401, 403, 404, 413, 503))
+    @api.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY, responses=oip_responses(400, 401, 403, 404, 413, 503))
     @api.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY,
-              responses=responses(400, 401, 403, 404, 413, 503))
+              responses=oip_responses(400, 401, 403, 404, 413, 503))
     async def oip_infer(self, name: str, request: Request, authorization: Authorization = None, version: str | None = None):
         self.auth.check(authorization, "read")
         model, error = self._oip_model(name, version)
@@ -140,7 +141,7 @@ def document_oip(app: Any) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(defs.pop("$defs", {}))
             components["InferenceRequest"] = defs
-            app.openapi_schema = schema
+            app.openapi_schema = exact_int64(schema)
         return app.openapi_schema
 
     app.openapi = openapi

@@ -174,10 +174,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
     async def _answer(self, calls: list[RecommendCall]) -> list[Recommendation | Exception]:
         prepared = self.core.prepare_many(calls)
         for batch in self.core.ranking_batches(prepared):
-            try:  # fused: scored inline, no await between the stages
-                scores = self._score_here(batch.ranker, batch.features) if self.ranker is None else \
-                    await self._rank(batch.ranker, batch.features)
-                batch.set_scores(scores)
+            try:  # fused: `_rank` scores inline and never suspends
+                batch.set_scores(await self._rank(batch.ranker, batch.features))
             except Exception as exc:  # this batch's requests fail; the others are answered
                 batch.fail(exc)
         return self.core.finish_many(prepared)

@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 import numpy as np
-from fastapi import Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
@@ -24,17 +23,14 @@ from rayml.serving.recommender import RecommenderCore
 RANKER_DESCRIBE_TIMEOUT_S = 2.0
 
 
-def ingress_of(request: Request) -> str:
-    """Which ingress carried ``request``: ``haproxy``, ``direct`` (a replica's own port) or ``serve-proxy``."""
-    if request.scope.get("server") is None or "x-serve-proxy" in request.headers:
-        return "serve-proxy"
-    direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" or \
-        os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
-    if not direct:
-        return "serve-proxy"
-    # Direct ingress: the replica's own HTTP server answered. With HAProxy on, clients reach it through HAProxy
-    # (the replica ports are for HAProxy and benchmarks only).
-    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "direct"
+def cluster_ingress() -> str:
+    """The cluster's ingress, from the flags its Serve processes started with (:mod:`rayml.serving.ingress`):
+    ``haproxy``, ``direct`` (replica ports only, no HAProxy) or ``serve-proxy``."""
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        return "haproxy"
+    if "1" in (os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS"), os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED")):
+        return "direct"
+    return "serve-proxy"
 
 
 def _replica_id() -> str | None:
@@ -91,7 +87,7 @@ class HealthRoutes:
             raise RuntimeError("; ".join(reasons))
 
     @api.get("/healthz")
-    async def healthz(self, request: Request) -> dict:
+    async def healthz(self) -> dict:
         """``status``: ok | degraded | failing, with ``reasons``; always 200 (a probe reads the body)."""
         report, extra = await self._report()
         core = self.core
@@ -101,7 +97,7 @@ class HealthRoutes:
             "models": {name: _safe(f.describe()) for name, f in self._followers().items()},
             "online_store": core.features.backend, "online_store_errors": core.features.errors,
             "model_call_failures": self.health.calls.total_failures,
-            "ingress": ingress_of(request), "replica": _replica_id(), "plan": core.args.plan,
+            "ingress": cluster_ingress(), "replica": _replica_id(), "plan": core.args.plan,
             "auth": {"enabled": core.args.auth.enabled, "protect_reads": core.args.auth.protect_reads},
             "batching": self.batching(),  # type: ignore[attr-defined]
             **extra,

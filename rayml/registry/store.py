@@ -264,8 +264,9 @@ class ModelRegistry:
         self._write_atomic(f"{final}/{METADATA}", text)  # last: the version becomes visible here
         return True
 
-    def set_alias(self, name: str, alias: str, ref: str | int, reason: str = "") -> int:
-        """Point ``alias`` at a version atomically and append the move to the history."""
+    def set_alias(self, name: str, alias: str, ref: str | int, reason: str = "", evidence: str | None = None) -> int:
+        """Point ``alias`` at a version atomically and append the move to the history (with the id of the evidence
+        behind it, when a rollout controller made the move)."""
         if not NAME_RE.match(alias) or alias == "latest" or alias.lstrip("v").isdigit():
             raise RegistryError(f"invalid alias {alias!r}")
         number = self.resolve(name, ref)
@@ -279,6 +280,8 @@ class ModelRegistry:
                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "alias": alias, "from": previous, "to": number, "reason": reason,
             }
+            if evidence is not None:
+                event["evidence"] = evidence
             history = f"{model_dir}/alias_history.jsonl"
             old = self._read_text(history) if self._exists(history) else ""
             self._write_atomic(history, old + json.dumps(event) + "\n")

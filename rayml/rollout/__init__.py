@@ -1,0 +1,1 @@
+"""Rollout: traffic routing, canary gates, shadow comparison and A/B experiments."""

@@ -1,0 +1,177 @@
+"""The outcome log: served requests joined to later clicks, per arm, per user.
+
+Two date-partitioned Parquet logs (the feature store's layout: ``<path>/<log>/date=YYYY-MM-DD/part-<uuid>.parquet``,
+written to a temp name and renamed):
+
+- ``requests``: one row per answered request of a running rollout: ``request_id, ts, rollout, user_id, arm,
+  model_version, status, latency_ms, items`` (the item ids served, in order). The canary's requests are all
+  logged; production's for a ``production_log_sample`` share of users (by user hash, so a logged user's totals
+  are complete). Failed requests are logged too (no items), for the error guardrail.
+- ``clicks``: ``request_id, ts, user_id, item_id`` from ``POST /events`` clicks that carry a ``request_id``.
+
+:meth:`OutcomeLog.gate_inputs` joins them: a click counts for an impression when it names the request, the item
+was served in it, and it came within ``attribution_window_s`` of the request. Only *mature* requests count (older
+than the window), so a freshly ramped canary is not judged on impressions whose clicks have not arrived yet.
+Clicks naming an unknown ``request_id`` are counted and ignored. The result is a pure function of the log and the
+cut-off times, so a restarted controller computes exactly what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from rayml.rollout.gates import ArmStats, GateInputs
+from rayml.rollout.sequential import LATENCY_EDGES_MS
+
+logger = logging.getLogger(__name__)
+
+REQUESTS_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("ts", pa.float64()), ("rollout", pa.string()), ("user_id", pa.int64()),
+    ("arm", pa.string()), ("model_version", pa.string()), ("status", pa.int16()), ("latency_ms", pa.float32()),
+    ("items", pa.list_(pa.int64())),
+])
+CLICKS_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("ts", pa.float64()), ("user_id", pa.int64()), ("item_id", pa.int64()),
+])
+
+
+class OutcomeLogger:
+    """Thread-safe buffered writer of both logs; a buffer is written at ``flush_rows`` rows or when
+    :meth:`flush_due` finds it older than ``flush_s`` (the replica's poll thread calls it)."""
+
+    def __init__(self, path: str | Path, flush_rows: int = 5_000, flush_s: float = 2.0) -> None:
+        self.path = Path(path)
+        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self._lock = threading.Lock()
+        self._rows: dict[str, list[tuple]] = {"requests": [], "clicks": []}
+        self._since = time.monotonic()
+        self.dropped_rows = 0
+        self.files_written = 0
+
+    def served(self, request_id: str, ts: float, rollout: str, user_id: int, arm: str, model_version: str,
+               status: int, latency_ms: float, items: list[int]) -> None:
+        self._add("requests", (request_id, ts, rollout, int(user_id), arm, model_version, int(status),
+                               float(latency_ms), list(items)))
+
+    def clicked(self, request_id: str, ts: float, user_id: int, item_id: int) -> None:
+        self._add("clicks", (request_id, ts, int(user_id), int(item_id)))
+
+    def _add(self, log: str, row: tuple) -> None:
+        with self._lock:
+            self._rows[log].append(row)
+            if len(self._rows[log]) >= self.flush_rows:
+                self._write_locked(log)
+
+    def flush_due(self) -> None:
+        if time.monotonic() - self._since >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            for log in self._rows:
+                self._write_locked(log)
+            self._since = time.monotonic()
+
+    def _write_locked(self, log: str) -> None:
+        rows = self._rows[log]
+        if not rows:
+            return
+        self._rows[log] = []
+        schema = REQUESTS_SCHEMA if log == "requests" else CLICKS_SCHEMA
+        try:
+            table = pa.Table.from_pylist([dict(zip(schema.names, r, strict=True)) for r in rows], schema=schema)
+            day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+            folder = self.path / log / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"part-{uuid.uuid4().hex}.parquet"
+            tmp = folder / f".{name}.tmp"
+            pq.write_table(table, tmp)
+            os.replace(tmp, folder / name)
+            self.files_written += 1
+        except (OSError, pa.ArrowException) as exc:  # best effort: never fail the request being answered
+            self.dropped_rows += len(rows)
+            logger.error("outcome log: dropped %d %s rows (%s: %s)", len(rows), log, type(exc).__name__, exc)
+
+
+@dataclass(frozen=True)
+class JoinReport:
+    inputs: GateInputs
+    unknown_clicks: int  # clicks whose request_id is in no logged request of this rollout (ignored)
+    late_clicks: int  # clicks after the attribution window or for an item not served (ignored)
+    requests: int
+
+
+class OutcomeLog:
+    """Reads both logs and builds the gates' inputs for one rollout."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _read(self, log: str, schema: pa.Schema, flt: ds.Expression) -> pd.DataFrame:
+        folder = self.path / log
+        if not folder.exists():
+            return schema.empty_table().to_pandas()
+        dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=schema,
+                             exclude_invalid_files=False, ignore_prefixes=[".", "_"])
+        return dataset.to_table(filter=flt, columns=schema.names).to_pandas()
+
+    def requests(self, rollout: str, before: float) -> pd.DataFrame:
+        return self._read("requests", REQUESTS_SCHEMA, (ds.field("rollout") == rollout) & (ds.field("ts") < before))
+
+    def gate_inputs(self, rollout: str, candidate_label: str, started_at: float, stage_started_at: float,
+                    now: float, window_s: float) -> JoinReport:
+        """The gates' inputs at ``now``: every mature request of ``rollout`` (older than ``window_s``)."""
+        mature = now - window_s
+        req = self.requests(rollout, mature)
+        req = req[(req["arm"] != "canary") | (req["model_version"] == candidate_label)]
+        clicks = self._read("clicks", CLICKS_SCHEMA, (ds.field("ts") >= started_at) & (ds.field("ts") < now))
+        known = clicks["request_id"].isin(req["request_id"])
+        unknown = int((~clicks["request_id"].isin(self.requests(rollout, now)["request_id"])).sum())
+        clicked, late = _attributed(req, clicks[known], window_s)
+        req = req.assign(clicks=req["request_id"].map(clicked).fillna(0).astype(np.int64),
+                         impressions=req["items"].map(len).astype(np.int64))
+        arms = {arm: _arm_stats(req[req["arm"] == arm]) for arm in ("canary", "production")}
+        in_stage = req[req["ts"] >= stage_started_at]
+        stage_users = tuple(int(in_stage.loc[(in_stage["arm"] == arm) & (in_stage["impressions"] > 0),
+                                             "user_id"].nunique()) for arm in ("canary", "production"))
+        inputs = GateInputs(canary=arms["canary"], production=arms["production"],
+                            stage_users=(stage_users[0], stage_users[1]), stage_canary_users=stage_users[0])
+        return JoinReport(inputs=inputs, unknown_clicks=unknown, late_clicks=late, requests=len(req))
+
+
+def _attributed(req: pd.DataFrame, clicks: pd.DataFrame, window_s: float) -> tuple[pd.Series, int]:
+    """Per request id, the number of distinct served items clicked within the window; and the clicks ignored."""
+    if clicks.empty:
+        return pd.Series(dtype=np.int64), 0
+    served = req[["request_id", "ts", "items"]].explode("items").rename(columns={"items": "item_id", "ts": "served"})
+    served = served.dropna(subset=["item_id"]).astype({"item_id": np.int64})
+    joined = clicks.merge(served, on=["request_id", "item_id"], how="left")
+    ok = joined["served"].notna() & (joined["ts"] >= joined["served"]) & (joined["ts"] <= joined["served"] + window_s)
+    hits = joined[ok].drop_duplicates(["request_id", "item_id"])
+    return hits.groupby("request_id").size(), int((~ok).sum())
+
+
+def _arm_stats(req: pd.DataFrame) -> ArmStats:
+    hist = np.bincount(np.searchsorted(LATENCY_EDGES_MS, req["latency_ms"].to_numpy(np.float64), side="right"),
+                       minlength=len(LATENCY_EDGES_MS) + 1)
+    errors = int((req["status"] >= 500).sum())
+    per_user = req[req["impressions"] > 0].groupby("user_id")[["clicks", "impressions"]].sum()
+    c = per_user["clicks"].to_numpy(np.float64)
+    n = per_user["impressions"].to_numpy(np.float64)
+    return ArmStats(users=len(per_user), clicks=float(c.sum()), impressions=float(n.sum()),
+                    clicks_sq=float((c * c).sum()), impressions_sq=float((n * n).sum()),
+                    clicks_impressions=float((c * n).sum()), requests=len(req), errors=errors,
+                    latency_hist=tuple(int(x) for x in hist))

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rayml.cli_experiment import experiment_app
+from rayml.cli_rollout import rollout_app, shadow_app
 from rayml.config import ConfigError, load_config
 from rayml.registry import ModelRegistry, RegistryError
 
@@ -22,6 +24,9 @@ app.add_typer(world_app, name="world")
 app.add_typer(models_app, name="models")
 app.add_typer(registry_app, name="registry")
 app.add_typer(features_app, name="features")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(shadow_app, name="shadow")
+app.add_typer(experiment_app, name="experiment")
 console = Console(soft_wrap=True)
 
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="Registry root directory.")]

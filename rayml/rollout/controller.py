@@ -32,7 +32,7 @@ from rayml.registry import ModelRegistry, RegistryError
 from rayml.rollout.gates import Decision, evaluate
 from rayml.rollout.outcomes import OutcomeLog
 from rayml.rollout.plan import RolloutPlan
-from rayml.rollout.state import LeaseLost, RolloutState, RolloutStore
+from rayml.rollout.state import LeaseLost, RolloutConflict, RolloutState, RolloutStore
 
 logger = logging.getLogger(__name__)
 
@@ -169,14 +169,13 @@ def start(registry_root: str | Path, plan: RolloutPlan, candidate: str, dry_run:
         raise RolloutError(f"production_alias: {exc}") from None
     if version == production:
         raise RolloutError(f"candidate: v{version} is already {plan.production_alias!r}")
-    if plan.min_shadow_agreement is not None:
-        if shadow_agreement is None or shadow_agreement < plan.min_shadow_agreement:
-            raise RolloutError(f"min_shadow_agreement: the shadow's agreement is {shadow_agreement}, below "
+    if plan.min_shadow_agreement is not None and (
+            shadow_agreement is None or shadow_agreement < plan.min_shadow_agreement):
+        raise RolloutError(f"min_shadow_agreement: the shadow's agreement is {shadow_agreement}, below "
                                f"{plan.min_shadow_agreement}; run a shadow first")
     store = RolloutStore(registry_root, plan.model)
     current = store.read()
     if current is not None and current.active:
-        from rayml.rollout.state import RolloutConflict
         raise RolloutConflict(current)
     rollout_id = f"r{int(now)}-{uuid.uuid4().hex[:6]}"
     state = RolloutState(id=rollout_id, model=plan.model, status="Progressing", plan=plan.model_dump(),

@@ -11,6 +11,7 @@ plan that cannot work is refused with the field that is wrong, before any traffi
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from pydantic import Field, model_validator
@@ -81,7 +82,7 @@ class RolloutPlan(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> RolloutPlan:
         weights = [s.weight_pct for s in self.stages]
-        for i, (a, b) in enumerate(zip(weights, weights[1:], strict=False)):
+        for i, (a, b) in enumerate(itertools.pairwise(weights)):
             if b <= a:
                 raise ValueError(f"stages.{i + 1}.weight_pct: stages must rise strictly ({b} after {a})")
         if weights[-1] != 100:

@@ -177,6 +177,36 @@ class RolloutStore:
             self._write(self.dir / "state.json", state.to_dict())
             return state
 
+    # -- shadow -------------------------------------------------------------------------------
+    def shadow(self) -> dict[str, Any] | None:
+        """The shadow every replica mirrors to: ``{"alias", "config"}`` (None: no shadow)."""
+        data = self._read(self.dir / "shadow.json")
+        return data if data else None
+
+    def set_shadow(self, shadow: dict[str, Any] | None) -> None:
+        self._write(self.dir / "shadow.json", shadow or {})
+        if shadow is None:
+            for path in (self.dir / "shadow_reports").glob("*.json"):
+                path.unlink(missing_ok=True)
+
+    def save_shadow_report(self, replica: str, report: dict[str, Any]) -> None:
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in replica)[:100]
+        self._write(self.dir / "shadow_reports" / f"{safe}.json", report)
+
+    def shadow_reports(self) -> dict[str, Any]:
+        folder = self.dir / "shadow_reports"
+        return {p.stem: self._read(p) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+
+    def shadow_agreement(self) -> float | None:
+        """Overlap@k over every replica's qualifying windows, weighted by their requests (None: not enough)."""
+        total = count = 0.0
+        for report in self.shadow_reports().values():
+            agreement = ((report or {}).get("report") or {}).get("agreement") or {}
+            if agreement.get("overlap_at_k") is not None and agreement.get("requests"):
+                total += agreement["overlap_at_k"] * agreement["requests"]
+                count += agreement["requests"]
+        return total / count if count else None
+
     # -- evidence -----------------------------------------------------------------------------
     def save_evidence(self, rollout_id: str, seq: int, evidence: dict[str, Any]) -> str:
         evidence_id = f"{rollout_id}-{seq:04d}"

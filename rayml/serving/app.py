@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
@@ -46,6 +46,7 @@ from rayml.serving.recommender import (
     UnknownAliasError,
     UnknownUserError,
 )
+from rayml.serving.rollout_routes import RolloutRoutes
 from rayml.serving.schemas import (
     EventsRequest,
     EventsResponse,
@@ -62,7 +63,7 @@ logger = logging.getLogger("ray.serve")
 document_oip(api)
 
 
-class RecommenderIngress(HealthRoutes, OIPRoutes):
+class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
     """The ingress: candidates, features and filters in memory; the ranker too (fused plan) or behind a handle
     to the `Ranker` deployment (split plan)."""
 
@@ -89,6 +90,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         ).set_default_tags(backend)
         self._errors_seen = 0
         self.latency = LatencyWindow(window_s=10.0)
+        self._rollout_setup()
         if edge.alias_poll_s > 0:
             threading.Thread(target=self._poll_aliases, name="alias-poll", daemon=True).start()
 
@@ -107,6 +109,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
                 self.core.ranking.refresh_items()  # off the request path; one reference swap per version
                 items_built = time.monotonic()
             now = self.core.ranking.refresh_aliases()
+            self._rollout_poll()
             retriever = self.core.retrieval.follower
             if retriever is not None and retriever.refresh():
                 logger.info("serving retriever %s", retriever.label)
@@ -203,14 +206,27 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
                 return (await self._answer([call]))[0]
         return await self._recommend_batch(call)
 
+    def _failed(self, assignment, request_id: str, user_id: int, alias: str | None, started: float) -> None:
+        """A 5xx answer, for the per-arm error counts and the error guardrail."""
+        try:
+            version = self.core.ranking.ranker_for(alias).model_version
+        except Exception:
+            version = "unknown"
+        self._served(assignment, request_id, user_id, version, 503, time.perf_counter() - started, [])
+
     def batching(self) -> dict[str, float]:
         return {**batching_state(self._recommend_batch), "largest_batch": self.core.largest_batch,
                 "shed": IN_FLIGHT.shed}
 
     @api.post("/recommend", response_model=RecommendResponse, responses=responses(401, 403, 404, 413, 422, 429, 503),
               openapi_extra=SECURED)
-    async def recommend(self, request: RecommendRequest, authorization: Authorization = None) -> JSONResponse:
-        """Top ``k`` items for a user. ``explain: true`` needs the admin role (it returns raw features)."""
+    async def recommend(self, request: RecommendRequest, http: Request,
+                        authorization: Authorization = None) -> JSONResponse:
+        """Top ``k`` items for a user. ``explain: true`` needs the admin role (it returns raw features).
+
+        Without ``model_alias``, a running rollout's router picks the arm (production or canary) by the user's
+        hash; the answer names its ``arm``, ``model_version`` and ``request_id`` (send it back with the clicks).
+        """
         self.auth.check(authorization, "admin" if request.explain else "read")
         k = request.k or self.core.args.default_k
         if k > self.core.args.max_k:
@@ -220,8 +236,11 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
                          "msg": f"Input should be less than or equal to {self.core.args.max_k}", "input": k}],
             )
         started = time.perf_counter()
+        request_id = http.state.request_id
+        assignment = self._route(request.user_id, request.model_alias)
+        alias = assignment.alias if assignment is not None else request.model_alias
         try:
-            result = await self._recommend_one(RecommendCall(request.user_id, k, request.explain, request.model_alias))
+            result = await self._recommend_one(RecommendCall(request.user_id, k, request.explain, alias))
             if isinstance(result, Exception):
                 raise result
             rec = result
@@ -232,11 +251,18 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         except UnknownUserError:
             raise HTTPException(status_code=404, detail=f"user_id {request.user_id} is unknown") from None
         except OnlineStoreUnavailable:
+            self._failed(assignment, request_id, request.user_id, alias, started)
             raise self._store_down("online store unavailable and the user has no batch candidates") from None
         except RankerUnavailable as exc:
+            self._failed(assignment, request_id, request.user_id, alias, started)
             raise unavailable(str(exc)) from None
+        except Exception:
+            self._failed(assignment, request_id, request.user_id, alias, started)
+            raise
         finally:
             self.latency.add(time.perf_counter() - started)
+        self._served(assignment, request_id, rec.user_id, rec.model_version, 200, time.perf_counter() - started,
+                     rec.items)
         if rec.degraded:
             self._count_store_errors()
             self.degraded.inc()
@@ -246,7 +272,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
         # Built directly (the schema above documents it): skips re-validating what the core just produced.
         return JSONResponse({"user_id": rec.user_id, "items": rec.items, "scores": rec.scores,
                              "model_version": rec.model_version, "feature_missing": rec.feature_missing,
-                             "degraded": rec.degraded, "features": rec.features, "candidates": rec.candidates},
+                             "degraded": rec.degraded, "features": rec.features, "candidates": rec.candidates,
+                             "request_id": request_id, "arm": assignment.arm if assignment else "production"},
                             headers={"x-model-version": rec.model_version})
 
     @api.post("/events", responses=responses(401, 403, 404, 413, 422, 503), openapi_extra=SECURED)
@@ -274,6 +301,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes):
             ts=np.array([now if e.ts is None else e.ts for e in request.events], np.float64),
             clicked=np.array([e.clicked for e in request.events], bool),
         )
+        for e in request.events:
+            self._clicked(e.request_id, now if e.ts is None else e.ts, e.user_id, e.item_id, e.clicked)
         try:
             self.core.ingest(events)
         except LookupError as exc:

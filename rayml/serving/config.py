@@ -23,6 +23,21 @@ class HealthConfig(StrictModel):
     )
 
 
+class RolloutServing(StrictModel):
+    """Canary routing, outcome logging and shadow traffic in the replicas (the controller: ``rayml.rollout``)."""
+
+    outcomes: str = Field(description="Directory of the outcome log (requests and clicks, date-partitioned Parquet).")
+    flush_s: float = Field(2.0, gt=0, le=3600, description="Outcome-log buffers are written at least this often.")
+    shadow_queue: int = Field(64, ge=1, le=100_000, description="Shadow jobs waiting at most; beyond, dropped.")
+    shadow_busy_in_flight: int = Field(
+        4, ge=1, le=100_000, description="Shadow work is dropped while this many user requests are in the replica.")
+
+    @field_validator("outcomes")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return str(Path(value).expanduser().resolve())
+
+
 class RecommenderArgs(StrictModel):
     """Validated by Ray itself when ``serve run`` builds the app. Relative paths resolve against the cwd."""
 
@@ -79,6 +94,8 @@ class RecommenderArgs(StrictModel):
     access_log_sample: float = Field(
         0.01, ge=0, le=1, description="Share of requests given an access-log line (every 5xx is logged)."
     )
+    rollout: RolloutServing | None = Field(
+        None, description="Route users to a canary by the controller's weights, log outcomes, mirror to a shadow.")
 
     @field_validator("registry", "candidates", "features", "feature_state", "event_log")
     @classmethod

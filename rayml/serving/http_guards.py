@@ -142,6 +142,7 @@ class AccessLog:
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"")
         request_id = given.decode("latin-1") if 0 < len(given) <= 128 else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id  # handlers read it as request.state.request_id
         seen: dict[str, Any] = {"status": 500, "model_version": None}
 
         async def send_logged(message: Message) -> None:

@@ -31,6 +31,7 @@ from rayml.serving.auth import write_demo_tokens
 from rayml.serving.config import RecommenderArgs, load_serving_repo
 from rayml.serving.ingress import Ingress, chosen_ingress, with_ingress
 
+CONTROLLER_IMPORT_PATH = "serve_apps.rollout_controller:app_builder"
 RECOMMENDER_IMPORT_PATH = "serve_apps.recommender:app_builder"
 PATH_ARGS = ("registry", "candidates", "features", "feature_state")
 SHUTDOWN_BOUND_S = 25  # SIGTERM → every process gone; container and KubeRay grace periods derive from it
@@ -62,6 +63,14 @@ def check_serve_config(config_path: str | Path) -> tuple[str, int, list[Recommen
     problems = []
     apps: list[RecommenderArgs] = []
     for i, app in enumerate(schema.applications):
+        if app.import_path == CONTROLLER_IMPORT_PATH:
+            from rayml.serving.rollout_app import ControllerArgs
+
+            try:
+                ControllerArgs.model_validate(app.args)
+            except ValidationError as exc:
+                problems.append(format_validation_error(f"{path}: applications.{i}.args", ControllerArgs, exc))
+            continue
         if app.import_path != RECOMMENDER_IMPORT_PATH:
             continue
         try:

@@ -29,6 +29,8 @@ class RecommendResponse(BaseModel):
     degraded: bool = Field(description="True when the online store was down: batch candidates in retrieval order.")
     features: dict[str, dict[str, list]] | None = None
     candidates: str = Field(description="batch: precomputed candidates; realtime: two-tower retrieval at request time.")
+    request_id: str = Field(description="Send it back with the clicks (POST /events) to attribute them to this answer.")
+    arm: str = Field(description="production or canary: the rollout arm that served the answer.")
 
 
 class Event(BaseModel):
@@ -38,6 +40,8 @@ class Event(BaseModel):
     item_id: int = Field(ge=0, le=MAX_ID)
     clicked: bool
     ts: float | None = Field(None, ge=0, allow_inf_nan=False, description="Event time, epoch seconds; default: now.")
+    request_id: str | None = Field(
+        None, min_length=1, max_length=128, description="The answer (POST /recommend request_id) the item was in.")
 
 
 class EventsRequest(BaseModel):

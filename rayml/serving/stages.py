@@ -212,7 +212,7 @@ class Ranking:
         """``encode_items``: builds every item's encoded rows for an item encoder (None, or it returning None:
         each request encodes its candidates' rows)."""
         self.registry, self.model, self.alias = registry, model, alias
-        self.extra_aliases, self.precision = extra_aliases, precision
+        self.extra_aliases, self.precision = list(extra_aliases), precision
         self.view_features = view_features  # user view, item view → their features, in that order
         self.sessions = sessions
         self.encode_items = encode_items
@@ -282,6 +282,15 @@ class Ranking:
             except Exception as exc:  # not in the registry yet, or nothing loadable: reported, not fatal
                 self.alias_errors[alias] = str(exc)
         return {self.alias: self.follower.label, **{a: f.label for a, f in self.extra.items()}}
+
+    def follow(self, alias: str) -> None:
+        """Serve ``alias`` too from the next :meth:`refresh_aliases` on (a rollout's canary or shadow)."""
+        if alias != self.alias and alias not in self.extra_aliases:
+            self.extra_aliases.append(alias)
+
+    def versions(self) -> dict[str, int]:
+        """Served alias → its loaded version number."""
+        return {self.alias: self.follower.version, **{a: f.version for a, f in self.extra.items()}}
 
     def describe(self) -> dict[str, object]:
         """For ``/healthz``: each alias's served version and refusals."""

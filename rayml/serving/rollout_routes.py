@@ -1,0 +1,263 @@
+"""Rollout in the recommender: canary routing, the outcome log, per-arm metrics, shadow traffic, admin routes.
+
+The replica routes by the controller's published weights (:mod:`rayml.rollout.state`, re-read at every alias poll)
+and never decides a rollout itself. The admin routes (``admin`` token) are the operator's commands of
+:mod:`rayml.rollout.controller`; they override the controller.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real classes.
+
+import logging
+import random
+import time
+from typing import Any, Literal
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.util import metrics
+
+from rayml.config import format_validation_error
+from rayml.rollout.controller import RolloutError, command, start
+from rayml.rollout.outcomes import OutcomeLogger
+from rayml.rollout.plan import RolloutPlan
+from rayml.rollout.router import Assignment, Router
+from rayml.rollout.shadow import ShadowConfig, ShadowQueue, ShadowReport, compare_rankings
+from rayml.rollout.state import RolloutConflict, RolloutStore
+from rayml.serving.auth import TokenStore
+from rayml.serving.http_api import IN_FLIGHT, SECURED, Authorization, api, responses
+from rayml.serving.recommender import Prepared, RecommenderCore
+
+logger = logging.getLogger("ray.serve")
+LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 2000]
+
+
+class StartRollout(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    candidate: str = Field(min_length=1, max_length=64, description="Version number or alias of the candidate.")
+    plan: dict[str, Any] = Field(description="The rollout plan (configs/rollout/*.yaml as JSON).")
+    dry_run: bool = Field(False, description="Compute and record decisions without acting on them.")
+
+
+class StartShadow(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    alias: str = Field(min_length=1, max_length=64, description="The shadow model's alias.")
+    config: dict[str, Any] = Field(default_factory=lambda: {"fraction": 0.1}, description="ShadowConfig.")
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica
+        return "local"
+
+
+class RolloutRoutes:
+    """Mixin of the recommender deployment; needs ``self.core`` and ``self.auth``."""
+
+    core: RecommenderCore
+    auth: TokenStore
+
+    def _rollout_setup(self) -> None:
+        args = self.core.args
+        cfg = args.rollout
+        self.router = Router()
+        self.rollout_store = RolloutStore(args.registry, args.ranker_model)
+        self.rollout_id: str | None = None
+        self.outcomes = OutcomeLogger(cfg.outcomes, flush_s=cfg.flush_s) if cfg is not None else None
+        self.shadow: dict[str, Any] | None = None  # {"alias", "config", "report", "queue"}
+        tags = ("arm", "model_version")
+        self.arm_requests = metrics.Counter("rayml_arm_requests", "Requests answered, per rollout arm and version.",
+                                            tag_keys=tags)
+        self.arm_errors = metrics.Counter("rayml_arm_errors", "Requests failed (5xx), per rollout arm and version.",
+                                          tag_keys=tags)
+        self.arm_latency = metrics.Histogram("rayml_arm_latency_ms", "Request latency in ms, per arm and version.",
+                                             boundaries=LATENCY_BOUNDARIES_MS, tag_keys=tags)
+        self.shadow_drops = metrics.Counter("rayml_shadow_dropped", "Shadow jobs dropped (queue full or busy).")
+        if cfg is not None:
+            self._rollout_poll()
+
+    # -- the poll thread ----------------------------------------------------------------------
+    def _rollout_poll(self) -> None:
+        """Re-read the controller's weights and the shadow setting; flush outcome buffers. Never raises."""
+        if self.outcomes is None:
+            return
+        try:
+            state = self.rollout_store.read()
+            weights = state.weights() if state is not None else None
+            ranking = self.core.ranking
+            if weights is not None:
+                ranking.follow(weights.alias)
+            shadow = self.rollout_store.shadow()
+            if shadow is not None:
+                ranking.follow(shadow["alias"])
+            if weights is not None or shadow is not None:
+                ranking.refresh_aliases()
+            self.router.update(weights, ranking.versions())
+            self.rollout_id = state.id if state is not None and state.active else None
+            self._shadow_update(shadow)
+            self.outcomes.flush_due()
+        except Exception:
+            logger.exception("rollout poll failed; keeping the last weights (they expire after their TTL)")
+
+    def _shadow_update(self, shadow: dict[str, Any] | None) -> None:
+        if shadow is None:
+            if self.shadow is not None:
+                self.shadow["queue"].stop()
+            self.shadow, self.core.shadow_tap = None, None
+            return
+        if self.shadow is None or self.shadow["alias"] != shadow["alias"] or self.shadow["raw"] != shadow["config"]:
+            config = ShadowConfig.model_validate(shadow["config"])
+            busy_at = self.core.args.rollout.shadow_busy_in_flight if self.core.args.rollout else 4
+            queue = ShadowQueue(self.core.args.rollout.shadow_queue if self.core.args.rollout else 64,
+                                busy=lambda: IN_FLIGHT.value >= busy_at, on_drop=self._shadow_dropped)
+            if self.shadow is not None:
+                self.shadow["queue"].stop()
+            self.shadow = {"alias": shadow["alias"], "raw": shadow["config"], "config": config,
+                           "report": ShadowReport(config), "queue": queue}
+            self.core.shadow_tap = self._shadow_tap
+        self.rollout_store.save_shadow_report(_replica_id(), self._shadow_state())
+
+    def _shadow_dropped(self) -> None:
+        if self.shadow is not None:
+            self.shadow["report"].record_drop()
+        self.shadow_drops.inc()
+
+    def _shadow_state(self) -> dict[str, Any]:
+        assert self.shadow is not None
+        return {"alias": self.shadow["alias"], "report": self.shadow["report"].report(),
+                "queue": self.shadow["queue"].stats(), "at": time.time()}
+
+    # -- per request --------------------------------------------------------------------------
+    def _route(self, user_id: int, model_alias: str | None) -> Assignment | None:
+        """The arm of a request that names no alias; None: no rollout routing (the default ranker serves)."""
+        if model_alias is not None or self.outcomes is None or self.router.weights is None:
+            return None
+        return self.router.assign(user_id, time.time())
+
+    def _served(self, assignment: Assignment | None, request_id: str, user_id: int, model_version: str,
+                status: int, latency_s: float, items: list[int]) -> None:
+        arm = assignment.arm if assignment is not None else "production"
+        tags = {"arm": arm, "model_version": model_version}
+        self.arm_requests.inc(tags=tags)
+        if status >= 500:
+            self.arm_errors.inc(tags=tags)
+        self.arm_latency.observe(latency_s * 1e3, tags=tags)
+        if assignment is not None and assignment.logged and self.outcomes is not None and self.rollout_id:
+            self.outcomes.served(request_id, time.time() - latency_s, self.rollout_id, user_id, arm, model_version,
+                                 status, latency_s * 1e3, items)
+
+    def _clicked(self, request_id: str | None, ts: float, user_id: int, item_id: int, clicked: bool) -> None:
+        if clicked and request_id is not None and self.outcomes is not None:
+            self.outcomes.clicked(request_id, ts, user_id, item_id)
+
+    def _shadow_tap(self, p: Prepared) -> None:
+        """Mirror a production answer: after it is sent, the shadow scores exactly the rows production scored."""
+        shadow = self.shadow
+        if shadow is None or p.call.alias is not None or random.random() >= shadow["config"].fraction:
+            return
+        ranking = self.core.ranking
+        if shadow["alias"] not in ranking.extra or p.scores is None:
+            return
+        prod_scores = p.scores.copy()
+
+        async def job() -> None:
+            started = time.perf_counter()
+            try:
+                loaded = ranking.extra[shadow["alias"]].value
+                rows = ranking.encode(loaded, p.call.user_id, p.lookups[self.core.args.user_view],
+                                      self.core.lookup.user_key, p.item_ids, p.lookups[self.core.args.item_view],
+                                      self.core.lookup.item_key)
+                scores = ranking.score(loaded, rows)
+            except Exception as exc:
+                shadow["report"].record_error(f"{type(exc).__name__}: {exc}")
+                raise
+            shadow["report"].record_comparison(compare_rankings(p.item_ids, prod_scores, scores,
+                                                                shadow["config"].k),
+                                               (time.perf_counter() - started) * 1e3)
+
+        shadow["queue"].offer(job)
+
+    # -- admin --------------------------------------------------------------------------------
+    def _registry_root(self) -> str:
+        return self.core.args.registry
+
+    @api.get("/admin/rollout", responses=responses(401, 403), openapi_extra=SECURED)
+    def rollout_status(self, authorization: Authorization = None) -> JSONResponse:
+        """The rollout's state: status (Progressing, Paused, Healthy, Degraded, Aborted), stage, split, decisions
+        and the latest gate evidence."""
+        self.auth.check(authorization, "admin")
+        state = self.rollout_store.read()
+        return JSONResponse({"rollout": state.to_dict() if state else None,
+                             "router": {"live_weight_pct": self.router.live_weight(time.time()),
+                                        "replica": _replica_id()}})
+
+    @api.post("/admin/rollout", responses=responses(401, 403, 409, 422), openapi_extra=SECURED)
+    def rollout_start(self, body: StartRollout, authorization: Authorization = None) -> JSONResponse:
+        """Start a canary of ``candidate`` under ``plan``; 409 with the current state while one is active."""
+        self.auth.check(authorization, "admin")
+        try:
+            plan = RolloutPlan.model_validate(body.plan)
+        except ValidationError as exc:
+            raise HTTPException(status_code=422, detail=format_validation_error("plan", RolloutPlan, exc)) from None
+        try:
+            state = start(self._registry_root(), plan, body.candidate, dry_run=body.dry_run,
+                          shadow_agreement=self.rollout_store.shadow_agreement())
+        except RolloutConflict as exc:
+            return JSONResponse(status_code=409, content={"detail": str(exc), "rollout": exc.state.to_dict()})
+        except RolloutError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return JSONResponse({"rollout": state.to_dict()})
+
+    @api.post("/admin/rollout/{action}", responses=responses(401, 403, 404, 409), openapi_extra=SECURED)
+    def rollout_command(self, action: Literal["pause", "resume", "abort", "promote", "rollback"],
+                        authorization: Authorization = None) -> JSONResponse:
+        """An operator's command; it overrides the controller."""
+        self.auth.check(authorization, "admin")
+        try:
+            state = command(self._registry_root(), self.core.args.ranker_model, action)
+        except RolloutError as exc:
+            return JSONResponse(status_code=409, content={"detail": str(exc)})
+        return JSONResponse({"rollout": state.to_dict()})
+
+    @api.get("/admin/rollout/evidence/{evidence_id}", responses=responses(401, 403, 404), openapi_extra=SECURED)
+    def rollout_evidence(self, evidence_id: str, authorization: Authorization = None) -> JSONResponse:
+        self.auth.check(authorization, "admin")
+        evidence = self.rollout_store.evidence(evidence_id)
+        if evidence is None:
+            raise HTTPException(status_code=404, detail=f"evidence_id {evidence_id!r} is unknown")
+        return JSONResponse(evidence)
+
+    @api.post("/admin/shadow", responses=responses(401, 403, 422), openapi_extra=SECURED)
+    def shadow_start(self, body: StartShadow, authorization: Authorization = None) -> JSONResponse:
+        """Mirror ``config.fraction`` of production requests to ``alias`` (every replica, from its next poll)."""
+        self.auth.check(authorization, "admin")
+        try:
+            ShadowConfig.model_validate(body.config)
+        except ValidationError as exc:
+            raise HTTPException(status_code=422, detail=format_validation_error("config", ShadowConfig, exc)) from None
+        try:
+            self.core.ranking.registry.resolve(self.core.args.ranker_model, body.alias)
+        except Exception as exc:
+            raise HTTPException(status_code=422, detail=f"alias: {exc}") from None
+        self.rollout_store.set_shadow({"alias": body.alias, "config": body.config})
+        return JSONResponse({"shadow": {"alias": body.alias, "config": body.config}})
+
+    @api.delete("/admin/shadow", responses=responses(401, 403), openapi_extra=SECURED)
+    def shadow_stop(self, authorization: Authorization = None) -> JSONResponse:
+        self.auth.check(authorization, "admin")
+        self.rollout_store.set_shadow(None)
+        return JSONResponse({"shadow": None})
+
+    @api.get("/admin/shadow", responses=responses(401, 403), openapi_extra=SECURED)
+    def shadow_report(self, authorization: Authorization = None) -> JSONResponse:
+        """Every replica's shadow report (overlap@k, Kendall τ, score deltas, errors, latency, drops) and the
+        request-weighted agreement over all of them."""
+        self.auth.check(authorization, "admin")
+        return JSONResponse({"shadow": self.rollout_store.shadow(), "replicas": self.rollout_store.shadow_reports(),
+                             "agreement": self.rollout_store.shadow_agreement()})
+
+

@@ -1,0 +1,121 @@
+"""The canary end to end on real Serve: a bad candidate is rolled back by the CTR gate, a good one is promoted
+through every stage to production; simulated users click by the world's truth and report clicks over HTTP.
+
+The plan is the test's own (a 50 % first stage, a wide margin, small minimums, seconds instead of days); the
+statistics' error rates are the offline harness's job (``benchmarks/rollout_sim.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from rayml.registry import ModelRegistry
+from tests.integration.test_serving_swap import copy_version
+
+pytestmark = pytest.mark.integration
+
+PLAN = {
+    "model": "ranker", "salt": "it-canary",
+    "stages": [{"weight_pct": 50, "min_samples": 100, "min_duration_s": 4},
+               {"weight_pct": 100, "min_samples": 100, "min_duration_s": 3}],
+    "margin": 0.3, "attribution_window_s": 1.5, "evaluate_every_s": 1, "production_log_sample": 1.0,
+    "weights_ttl_s": 30, "deadline_s": 150,
+}
+
+
+def _harness():
+    path = Path(__file__).parents[2] / "benchmarks" / "rollout_http.py"
+    spec = importlib.util.spec_from_file_location("rollout_http", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def canary_app(serve_url, trained, recommender_args, tmp_path_factory):
+    from ray import serve
+
+    from rayml.serving.app import Recommender
+    from rayml.serving.config import RolloutServing, load_serving_repo
+    from rayml.serving.rollout_app import ControllerArgs, build_controller
+
+    registry, _ = trained
+    root = tmp_path_factory.mktemp("rollout") / "registry"
+    shutil.copytree(registry.root, root, ignore=shutil.ignore_patterns("_rollout"))
+    own = ModelRegistry(root)
+    outcomes = root.parent / "outcomes"
+    args = recommender_args.model_copy(update={
+        "registry": str(root), "alias_poll_s": 0.5, "precision": "fp32", "event_log": None, "feature_log": None,
+        "rollout": RolloutServing(outcomes=str(outcomes), flush_s=0.5)})
+    serve.run(Recommender.options(ray_actor_options={"num_cpus": 0.25}).bind(
+        args.model_dump(), load_serving_repo(args).model_dump()), name="canary", route_prefix="/canary")
+    serve.run(build_controller(ControllerArgs(registry=str(root), outcomes=str(outcomes), step_s=0.5,
+                                              lease_ttl_s=10)), name="canary-controller", route_prefix=None)
+    yield f"{serve_url}/canary", own
+    serve.delete("canary-controller")
+    serve.delete("canary")
+
+
+def _wait_status(url: str, statuses: set[str], timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    state: dict = {}
+    while time.monotonic() < deadline:
+        state = requests.get(f"{url}/admin/rollout", timeout=10).json()["rollout"] or {}
+        if state.get("status") in statuses:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"rollout never reached {statuses}; last state {state}")
+
+
+def _with_traffic(url: str, world, body: dict, statuses: set[str], timeout_s: float):
+    harness = _harness()
+    traffic, stop = harness.Traffic(), threading.Event()
+    threads = [threading.Thread(target=harness.drive, args=(url, "", world, stop, traffic, i), daemon=True)
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        started = requests.post(f"{url}/admin/rollout", json=body, timeout=30)
+        assert started.status_code == 200, started.text
+        again = requests.post(f"{url}/admin/rollout", json=body, timeout=30)
+        assert again.status_code == 409 and again.json()["rollout"]["status"] == "Progressing"
+        return _wait_status(url, statuses, timeout_s), traffic
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+
+
+def test_bad_candidate_is_rolled_back_by_the_ctr_gate_then_a_good_one_reaches_production(canary_app, tiny_world):
+    url, registry = canary_app
+    production = registry.resolve("ranker", "production")
+    bad = _harness().register_inverted(registry, "production")
+    state, traffic = _with_traffic(url, tiny_world, {"candidate": str(bad), "plan": PLAN}, {"Degraded"}, 90)
+    assert state["weight_pct"] == 0
+    rollback = state["decisions"][-1]
+    assert rollback["action"] == "rollback" and rollback["stage"] == 0, state["decisions"]
+    evidence = requests.get(f"{url}/admin/rollout/evidence/{rollback['evidence']}", timeout=10).json()
+    assert evidence["evidence"]["gate"] == "ctr", evidence
+    assert traffic.ctr(f"ranker:v{bad}") < 0.7 * traffic.ctr(f"ranker:v{production}")
+    history = registry.alias_history("ranker")
+    back = [m for m in history if m["alias"] == "canary"][-1]
+    assert back["to"] == production and back["evidence"] == rollback["evidence"], history
+    assert registry.resolve("ranker", "production") == production
+
+    good = copy_version(registry, "production", "an equal candidate")
+    state, traffic = _with_traffic(url, tiny_world, {"candidate": str(good), "plan": PLAN}, {"Healthy"}, 120)
+    actions = [d["action"] for d in state["decisions"]]
+    assert actions == ["promote", "complete"], state["decisions"]
+    assert registry.resolve("ranker", "production") == good
+    move = [m for m in registry.alias_history("ranker") if m["alias"] == "production"][-1]
+    assert move["to"] == good and move["evidence"] == state["decisions"][-1]["evidence"]
+    arms = {arm for arm, _ in traffic.requests}
+    assert arms == {"production", "canary"}, traffic.requests
+    assert not [s for s in traffic.statuses if s not in (200,)], traffic.statuses

@@ -34,7 +34,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from rayml.rollout.gates import ArmStats, GateInputs
-from rayml.rollout.sequential import LATENCY_EDGES_MS
+from rayml.rollout.sequential import latency_histogram
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,7 @@ def _attributed(req: pd.DataFrame, clicks: pd.DataFrame, window_s: float) -> tup
 
 
 def _arm_stats(req: pd.DataFrame) -> ArmStats:
-    hist = np.bincount(np.searchsorted(LATENCY_EDGES_MS, req["latency_ms"].to_numpy(np.float64), side="right"),
-                       minlength=len(LATENCY_EDGES_MS) + 1)
+    hist = latency_histogram(req["latency_ms"].to_numpy(np.float64))
     errors = int((req["status"] >= 500).sum())
     per_user = req[req["impressions"] > 0].groupby("user_id")[["clicks", "impressions"]].sum()
     c = per_user["clicks"].to_numpy(np.float64)

@@ -86,6 +86,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
           "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}},
     403: _detail("The token lacks the role this route needs."),
     404: _detail("Unknown user, model or version."),
+    409: _detail("Conflicts with the current state (e.g. a rollout is already running); the body shows it."),
     413: _detail("The body is larger than max_body_bytes."),
     422: _detail("A field failed validation; detail[].loc names it."),
     429: {**_detail("Over capacity: retry after Retry-After seconds."), "headers": RETRY},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ def _harness():
     path = Path(__file__).parents[2] / "benchmarks" / "rollout_http.py"
     spec = importlib.util.spec_from_file_location("rollout_http", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 

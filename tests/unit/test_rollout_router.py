@@ -8,7 +8,15 @@ from pydantic import ValidationError
 
 from rayml.config import ConfigError, load_config
 from rayml.rollout.plan import RolloutPlan
-from rayml.rollout.router import BUCKETS, CanaryWeights, Experiment, ExperimentArm, Router, bucket, in_share
+from rayml.rollout.router import (
+    BUCKETS,
+    CanaryWeights,
+    Experiment,
+    ExperimentArm,
+    Router,
+    bucket,
+    in_share,
+)
 
 pytestmark = pytest.mark.unit
 USERS = range(20_000)

@@ -76,4 +76,4 @@ RolloutController = serve.deployment(name="RolloutController", num_replicas=1,
 
 
 def build_controller(args: ControllerArgs) -> Application:
-    return RolloutController.bind(args.model_dump())  # type: ignore[attr-defined]
+    return RolloutController.bind(args.model_dump())

@@ -175,7 +175,7 @@ class RolloutRoutes:
             except Exception as exc:
                 shadow["report"].record_error(f"{type(exc).__name__}: {exc}")
                 raise
-            shadow["report"].record_comparison(compare_rankings(p.item_ids, prod_scores, scores,
+            shadow["report"].record_comparison(compare_rankings(p.item_ids.tolist(), prod_scores, scores,
                                                                 shadow["config"].k),
                                                (time.perf_counter() - started) * 1e3)
 

@@ -121,3 +121,75 @@ def test_bad_candidate_is_rolled_back_by_the_ctr_gate_then_a_good_one_reaches_pr
     arms = {arm for arm, _ in traffic.requests}
     assert arms == {"production", "canary"}, traffic.requests
     assert not [s for s in traffic.statuses if s not in (200,)], traffic.statuses
+
+
+def _traffic_for(url: str, world, seconds: float, clients: int = 3):
+    harness = _harness()
+    traffic, stop = harness.Traffic(), threading.Event()
+    threads = [threading.Thread(target=harness.drive, args=(url, "", world, stop, traffic, 10 + i), daemon=True)
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=15)
+    return traffic
+
+
+def _agreement(url: str, timeout_s: float = 30) -> tuple[float, dict]:
+    deadline = time.monotonic() + timeout_s
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = requests.get(f"{url}/admin/shadow", timeout=10).json()
+        if body["agreement"] is not None:
+            return body["agreement"], body
+        time.sleep(0.5)
+    raise AssertionError(f"no shadow agreement; last report {body}")
+
+
+def test_shadow_compares_on_the_same_rows_and_blocks_a_canary_below_agreement(canary_app, tiny_world):
+    url, registry = canary_app
+    inverted = _harness().register_inverted(registry, "production")
+    equal = copy_version(registry, "production", "an equal shadow")
+    shadow = {"fraction": 1.0, "k": 5, "window_s": 2, "min_requests": 20}
+    refused = requests.post(f"{url}/admin/shadow", json={"alias": "no-such-alias", "config": shadow}, timeout=10)
+    assert refused.status_code == 422 and "alias" in refused.text
+    refused = requests.post(f"{url}/admin/shadow", json={"alias": "production", "config": {"fraction": 2}},
+                            timeout=10)
+    assert refused.status_code == 422 and "config: key 'fraction'" in refused.text
+
+    registry.set_alias("ranker", "shadow", inverted)
+    assert requests.post(f"{url}/admin/shadow", json={"alias": "shadow", "config": shadow},
+                         timeout=10).status_code == 200
+    time.sleep(1.5)  # every replica's next poll
+    traffic = _traffic_for(url, tiny_world, 8)
+    assert set(traffic.statuses) == {200}, traffic.statuses  # the shadow's work never reaches users
+    low, report = _agreement(url)
+    assert low < 0.5, report  # the inverted model ranks production's top items last
+    replica = next(iter(report["replicas"].values()))
+    assert replica["queue"]["completed"] > 0 and replica["alias"] == "shadow"
+    plan = {**PLAN, "min_shadow_agreement": 0.9}
+    blocked = requests.post(f"{url}/admin/rollout", json={"candidate": str(equal), "plan": plan}, timeout=10)
+    assert blocked.status_code == 422 and "min_shadow_agreement" in blocked.text
+
+    registry.set_alias("ranker", "shadow", equal)
+    requests.delete(f"{url}/admin/shadow", timeout=10)  # reset the windows: a fresh comparison
+    assert requests.post(f"{url}/admin/shadow", json={"alias": "shadow", "config": shadow},
+                         timeout=10).status_code == 200
+    time.sleep(1.5)
+    _traffic_for(url, tiny_world, 6)
+    high, report = _agreement(url)
+    assert high > 0.99, report
+    requests.delete(f"{url}/admin/shadow", timeout=10)
+
+
+def test_invalid_plans_and_unknown_candidates_are_refused_naming_the_field(canary_app):
+    url, _ = canary_app
+    bad = {**PLAN, "stages": [{"weight_pct": 50, "min_duration_s": 1}, {"weight_pct": 20, "min_duration_s": 1}]}
+    response = requests.post(f"{url}/admin/rollout", json={"candidate": "1", "plan": bad}, timeout=10)
+    assert response.status_code == 422 and "stages.1.weight_pct" in response.text
+    response = requests.post(f"{url}/admin/rollout", json={"candidate": "staging", "plan": PLAN}, timeout=10)
+    assert response.status_code == 422 and "candidate" in response.text
+    response = requests.post(f"{url}/admin/rollout/promote", timeout=10)
+    assert response.status_code == 409 and "no active rollout" in response.text

@@ -193,3 +193,43 @@ def test_invalid_plans_and_unknown_candidates_are_refused_naming_the_field(canar
     assert response.status_code == 422 and "candidate" in response.text
     response = requests.post(f"{url}/admin/rollout/promote", timeout=10)
     assert response.status_code == 409 and "no active rollout" in response.text
+
+
+def test_the_cli_drives_the_admin_routes(canary_app, tmp_path):
+    from typer.testing import CliRunner
+
+    from rayml.cli import app
+
+    url, _ = canary_app
+    runner = CliRunner()
+    status = runner.invoke(app, ["rollout", "status", "--url", url, "--token", "unused"])
+    assert status.exit_code == 0, status.output
+    assert "no rollout" in status.output or "rollout r" in status.output
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("stages:\n  - {weight_pct: 100, min_duration_s: 1}\n")
+    refused = runner.invoke(app, ["rollout", "start", str(plan), "--candidate", "staging", "--url", url])
+    assert refused.exit_code == 2 and "HTTP 422" in refused.output and "candidate" in refused.output
+    plan.write_text("stages:\n  - {weight_pct: 100, min_duration_s: 1, min_sample: 3}\n")
+    refused = runner.invoke(app, ["rollout", "start", str(plan), "--candidate", "1", "--url", url])
+    assert refused.exit_code == 2 and "unknown key 'stages.0.min_sample'" in refused.output
+
+
+def test_without_the_controllers_heartbeat_the_canary_falls_to_zero_after_the_ttl(canary_app, tiny_world):
+    from ray import serve
+
+    from rayml.rollout.controller import command
+
+    url, registry = canary_app
+    candidate = copy_version(registry, "production", "a canary whose controller dies")
+    plan = {**PLAN, "weights_ttl_s": 4, "stages": [{"weight_pct": 100, "min_samples": 100,
+                                                     "min_duration_s": 3600}]}
+    assert requests.post(f"{url}/admin/rollout", json={"candidate": str(candidate), "plan": plan},
+                         timeout=10).status_code == 200
+    time.sleep(1.5)  # every replica's next poll
+    arms = _traffic_for(url, tiny_world, 3, clients=1).requests
+    assert {arm for arm, _ in arms} == {"canary"}, arms  # 100 %: every user on the canary
+    serve.delete("canary-controller")  # no more heartbeats
+    time.sleep(4 + 1.5)  # the TTL, then a poll
+    arms = _traffic_for(url, tiny_world, 3, clients=1).requests
+    assert {arm for arm, _ in arms} == {"production"}, arms
+    command(registry.root, "ranker", "abort")

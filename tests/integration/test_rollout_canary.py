@@ -214,6 +214,39 @@ def test_the_cli_drives_the_admin_routes(canary_app, tmp_path):
     assert refused.exit_code == 2 and "unknown key 'stages.0.min_sample'" in refused.output
 
 
+def test_a_controller_killed_mid_stage_is_replaced_and_finishes_the_rollout(canary_app, tiny_world):
+    import ray
+
+    url, registry = canary_app
+    candidate = copy_version(registry, "production", "a candidate whose controller is killed")
+    plan = {**PLAN, "stages": [{"weight_pct": 50, "min_samples": 100, "min_duration_s": 8},
+                               {"weight_pct": 100, "min_samples": 100, "min_duration_s": 3}]}
+    harness = _harness()
+    traffic, stop = harness.Traffic(), threading.Event()
+    threads = [threading.Thread(target=harness.drive, args=(url, "", tiny_world, stop, traffic, 20 + i),
+                                daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        assert requests.post(f"{url}/admin/rollout", json={"candidate": str(candidate), "plan": plan},
+                             timeout=10).status_code == 200
+        time.sleep(3)  # mid-stage: the controller holds the lease and has evaluated
+        before = requests.get(f"{url}/admin/rollout", timeout=10).json()["rollout"]
+        assert before["status"] == "Progressing" and before["stage_index"] == 0 and before["token"] is not None
+        [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if "RolloutController" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)  # kill -9 of the replica
+        state = _wait_status(url, {"Healthy", "Degraded"}, 120)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+    assert state["status"] == "Healthy", state["decisions"]
+    assert [d["action"] for d in state["decisions"]] == ["promote", "complete"]
+    assert state["token"] > before["token"]  # the replacement took the lease over (a new fencing token)
+    assert registry.resolve("ranker", "production") == candidate
+
+
 def test_without_the_controllers_heartbeat_the_canary_falls_to_zero_after_the_ttl(canary_app, tiny_world):
     from ray import serve
 

@@ -19,7 +19,6 @@ from ray import serve
 from ray.util import metrics
 
 from rayml.config import format_validation_error
-from rayml.rollout.controller import RolloutError, command, start
 from rayml.rollout.outcomes import OutcomeLogger
 from rayml.rollout.plan import RolloutPlan
 from rayml.rollout.router import Assignment, Router
@@ -199,6 +198,11 @@ class RolloutRoutes:
     def rollout_start(self, body: StartRollout, authorization: Authorization = None) -> JSONResponse:
         """Start a canary of ``candidate`` under ``plan``; 409 with the current state while one is active."""
         self.auth.check(authorization, "admin")
+        from rayml.rollout.controller import (  # the gates' scipy: only where a rollout starts
+            RolloutError,
+            start,
+        )
+
         try:
             plan = RolloutPlan.model_validate(body.plan)
         except ValidationError as exc:
@@ -217,6 +221,7 @@ class RolloutRoutes:
                         authorization: Authorization = None) -> JSONResponse:
         """An operator's command; it overrides the controller."""
         self.auth.check(authorization, "admin")
+        from rayml.rollout.controller import RolloutError, command
         try:
             state = command(self._registry_root(), self.core.args.ranker_model, action)
         except RolloutError as exc:

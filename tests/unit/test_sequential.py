@@ -1,4 +1,5 @@
-"""Always-valid inference for the canary gates: mSPRT interval, delta method, SRM (vs savvi), latency histogram."""
+"""Always-valid inference for the canary gates: mSPRT interval, delta method, SRM (vs savvi), latency
+histogram."""
 
 from __future__ import annotations
 
@@ -15,14 +16,21 @@ from rayml.rollout import sequential as sq
 pytestmark = pytest.mark.unit
 
 
-# --- mSPRT -------------------------------------------------------------------------------------------------------
+# --- mSPRT ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("estimate", "var", "tau", "alpha"), [
-    (0.0, 1e-4, 0.02, 0.03), (-0.05, 4e-5, 0.02, 0.03), (0.3, 0.01, 0.1, 0.05), (1.0, 2.0, 0.5, 0.001),
-])
+@pytest.mark.parametrize(
+    ("estimate", "var", "tau", "alpha"),
+    [
+        (0.0, 1e-4, 0.02, 0.03),
+        (-0.05, 4e-5, 0.02, 0.03),
+        (0.3, 0.01, 0.1, 0.05),
+        (1.0, 2.0, 0.5, 0.001),
+    ],
+)
 def test_ci_is_the_numeric_inversion_of_lambda(estimate, var, tau, alpha):
     """The closed-form interval's ends are exactly where Λ(θ0) = 1/α."""
+
     def excess(theta0: float) -> float:
         return float(sq.msprt_log_lambda(estimate, var, tau, theta0)) - math.log(1 / alpha)
 
@@ -32,13 +40,19 @@ def test_ci_is_the_numeric_inversion_of_lambda(estimate, var, tau, alpha):
     lo, hi = sq.msprt_ci(estimate, var, tau, alpha)
     assert lo == pytest.approx(lower, abs=1e-10) and hi == pytest.approx(upper, abs=1e-10)
     # p-value = min(1, 1/Λ): at most α exactly outside the interval
-    assert sq.msprt_p_value(estimate, var, tau, hi + 1e-6) < alpha < sq.msprt_p_value(estimate, var, tau, hi - 1e-6)
+    assert (
+        sq.msprt_p_value(estimate, var, tau, hi + 1e-6)
+        < alpha
+        < sq.msprt_p_value(estimate, var, tau, hi - 1e-6)
+    )
     assert sq.msprt_p_value(estimate, var, tau, estimate) == 1.0
 
 
 def test_radius_edge_cases_and_broadcasting():
     assert sq.msprt_radius(0.0, 0.02, 0.05) == 0.0
-    assert sq.msprt_radius(np.inf, 0.02, 0.05) == np.inf or np.isnan(sq.msprt_radius(np.inf, 0.02, 0.05))
+    assert sq.msprt_radius(np.inf, 0.02, 0.05) == np.inf or np.isnan(
+        sq.msprt_radius(np.inf, 0.02, 0.05)
+    )
     r = sq.msprt_radius(np.array([1e-4, 1e-5]), 0.02, 0.03)
     assert r.shape == (2,) and r[0] > r[1] > 0
     # wider than the fixed-horizon interval at the same α: the price of looking at any time
@@ -47,7 +61,8 @@ def test_radius_edge_cases_and_broadcasting():
 
 
 def test_always_valid_ci_covers_under_continuous_monitoring():
-    """500 Gaussian streams × 200 looks: the sequence misses the mean at SOME look in ≤ α of paths."""
+    """500 Gaussian streams × 200 looks: the sequence misses the mean at SOME look in ≤ α of paths.
+    """
     rng = np.random.default_rng(7)
     alpha, mu, looks, paths = 0.05, 0.3, 200, 500
     x = rng.normal(mu, 1.0, (paths, looks))
@@ -59,14 +74,17 @@ def test_always_valid_ci_covers_under_continuous_monitoring():
     assert missed <= alpha
     naive_lo, naive_hi = sq.fixed_horizon_ci(estimate, var, alpha)
     naive_missed = ((naive_lo > mu) | (naive_hi < mu)).any(axis=1).mean()
-    assert naive_missed > 3 * alpha  # the plain interval checked at every look does not hold its level
+    assert (
+        naive_missed > 3 * alpha
+    )  # the plain interval checked at every look does not hold its level
 
 
-# --- delta method --------------------------------------------------------------------------------------------------
+# --- delta method ---------------------------------------------------------------------------------
 
 
 def _clustered_users(rng: np.random.Generator, users: int, lift: float = 1.0) -> np.ndarray:
-    """Per-user (clicks, impressions): heterogeneous visits (gamma) and propensities (beta), repeat visits."""
+    """Per-user (clicks, impressions): heterogeneous visits (gamma) and propensities (beta), repeat
+    visits."""
     n = 10 * (1 + rng.poisson(rng.gamma(1.0, 8.0, users)))
     p = rng.beta(1.0, 19.0, users) * lift
     return np.stack([rng.binomial(n, p), n]).astype(np.float64)
@@ -107,19 +125,23 @@ def test_ratio_variance_degenerate_inputs():
     log_r, var = sq.ratio_log_variance(10, 0, 100, 0, 1000, 0)
     assert log_r == -np.inf and var == np.inf
     theta, v = sq.log_lift((100, 50, 1000, 30, 10000, 600), (100, 50, 1000, 30, 10000, 600))
-    assert theta == 0 and v == pytest.approx(2 * sq.ratio_log_variance(100, 50, 1000, 30, 10000, 600)[1])
+    assert theta == 0 and v == pytest.approx(
+        2 * sq.ratio_log_variance(100, 50, 1000, 30, 10000, 600)[1]
+    )
 
 
 def test_fixed_horizon_sample_size_matches_statsmodels():
     power_mod = pytest.importorskip("statsmodels.stats.power")
     n = sq.fixed_horizon_users_per_arm(0.0202, 1.8, 0.03, 0.8)
     d = 0.0202 / math.sqrt(1.8)
-    expected = power_mod.NormalIndPower().solve_power(effect_size=d, alpha=0.03, power=0.8, ratio=1.0)
+    expected = power_mod.NormalIndPower().solve_power(
+        effect_size=d, alpha=0.03, power=0.8, ratio=1.0
+    )
     assert n == pytest.approx(expected, rel=1e-3)
     assert sq.fixed_horizon_users_per_arm(0.0, 1.8, 0.03) == math.inf
 
 
-# --- shares ---------------------------------------------------------------------------------------------------------
+# --- shares ---------------------------------------------------------------------------------------
 
 
 def test_share_variance_is_floored():
@@ -132,7 +154,8 @@ def test_share_variance_is_floored():
 
 
 def test_one_sided_share_bound_holds_under_monitoring():
-    """Requests above a threshold with true share 5 %: the lower bound exceeds 5 % in ≤ α of 400 streams."""
+    """Requests above a threshold with true share 5 %: the lower bound exceeds 5 % in ≤ α of 400
+    streams."""
     rng = np.random.default_rng(11)
     alpha, p = 0.01, 0.05
     counts = np.cumsum(rng.binomial(500, p, (400, 100)), axis=1)
@@ -152,7 +175,7 @@ def test_share_difference_bounds():
     assert lo < 0.005
 
 
-# --- SRM --------------------------------------------------------------------------------------------------------------
+# --- SRM ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +190,14 @@ def savvi_multinomial():
     return module.Multinomial
 
 
-@pytest.mark.parametrize(("probs", "batches", "k"), [
-    ([0.5, 0.5], [[30, 20], [12, 9], [100, 140]], 100.0),
-    ([0.0625, 0.9375], [[9, 91], [30, 400], [3, 50]], 100.0),
-    ([0.25, 0.25, 0.5], [[10, 20, 30], [5, 5, 40], [60, 70, 100]], 30.0),
-])
+@pytest.mark.parametrize(
+    ("probs", "batches", "k"),
+    [
+        ([0.5, 0.5], [[30, 20], [12, 9], [100, 140]], 100.0),
+        ([0.0625, 0.9375], [[9, 91], [30, 400], [3, 50]], 100.0),
+        ([0.25, 0.25, 0.5], [[10, 20, 30], [5, 5, 40], [60, 70, 100]], 30.0),
+    ],
+)
 def test_srm_bayes_factor_matches_savvi(savvi_multinomial, probs, batches, k):
     p0 = np.array(probs)
     test = savvi_multinomial(0.05, p0, k)
@@ -193,11 +219,13 @@ def test_srm_rejects_a_mismatch_and_rarely_a_correct_split():
     _, reject = sq.srm_test(counts, [share, 1 - share], alpha)
     assert reject.any(axis=1).mean() <= 2 * alpha
     # canary gets 20 % fewer users than expected
-    _, reject = sq.srm_test([0.8 * share * 20_000, (1 - 0.8 * share) * 20_000], [share, 1 - share], alpha)
+    _, reject = sq.srm_test(
+        [0.8 * share * 20_000, (1 - 0.8 * share) * 20_000], [share, 1 - share], alpha
+    )
     assert reject
 
 
-# --- latency histogram ------------------------------------------------------------------------------------------------
+# --- latency histogram ----------------------------------------------------------------------------
 
 
 def test_latency_edges():
@@ -232,7 +260,9 @@ def test_count_above_never_overcounts():
     for threshold in (10.0, 37.3, 60.0, 200.0):
         got = float(sq.count_above(hist, threshold))
         assert got <= (values >= threshold).sum()
-        assert got >= (values >= 1.05 * threshold).sum()  # misses at most the bucket that straddles it
+        assert (
+            got >= (values >= 1.05 * threshold).sum()
+        )  # misses at most the bucket that straddles it
     assert sq.count_above(hist, np.inf) == 0
     both = sq.count_above(np.stack([hist, hist]), np.array([10.0, 60.0]))
     assert both.shape == (2,) and both[0] > both[1]

@@ -165,8 +165,7 @@ class AlertManager:
                     events.append(AlertEvent(rule.name, key, "resolved", at, float(value), labels, rule.severity))
         for event in events:
             self._emit(event)
-        if events:
-            self._save()
+        self._save()  # the k-of-n history too: a restarted monitor counts the windows it already saw
         return events
 
     def _emit(self, event: AlertEvent) -> None:

@@ -22,6 +22,7 @@ from ray.util import metrics
 from rayml.features.definitions import FeatureRepo
 from rayml.features.realtime import Events
 from rayml.features.redis_store import OnlineStoreUnavailable
+from rayml.monitoring.online import MonitorTap
 from rayml.serving.auth import TokenStore
 from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.batching import apply_batching, batching_state
@@ -40,13 +41,14 @@ from rayml.serving.http_api import (
 from rayml.serving.oip_routes import OIPRoutes, RankerUnavailable, document_oip
 from rayml.serving.ranker import Ranker
 from rayml.serving.recommender import (
+    Prepared,
     Recommendation,
     RecommendCall,
     RecommenderCore,
     UnknownAliasError,
     UnknownUserError,
 )
-from rayml.serving.rollout_routes import RolloutRoutes
+from rayml.serving.rollout_routes import RolloutRoutes, _replica_id
 from rayml.serving.schemas import (
     EventsRequest,
     EventsResponse,
@@ -91,8 +93,31 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         self._errors_seen = 0
         self.latency = LatencyWindow(window_s=10.0)
         self._rollout_setup()
+        self._monitoring_setup()
         if edge.alias_poll_s > 0:
             threading.Thread(target=self._poll_aliases, name="alias-poll", daemon=True).start()
+
+    def _monitoring_setup(self) -> None:
+        """Send a sample of served rows to the monitor deployment (a thread ships them once a second)."""
+        cfg = self.core.args.monitoring
+        self.monitor_tap: MonitorTap | None = None
+        if cfg is None or cfg.sample_rate <= 0:
+            return
+        handle = serve.get_deployment_handle(cfg.deployment, app_name=cfg.app)
+        self.monitor_tap = MonitorTap(cfg.sample_rate, lambda message: handle.ingest.remote(message),
+                                      replica=_replica_id(), send_every_s=cfg.send_every_s)
+        self.core.taps["monitor"] = self._monitor_tap
+
+    def _monitor_tap(self, p: Prepared) -> None:
+        tap = self.monitor_tap
+        if tap is None or not tap.sampled() or p.scores is None or not len(p.scores):
+            return
+        row: dict[str, Any] = {"ts": p.now, "version": p.ranker.model_version,
+                               "score_max": float(p.scores.max()), "score_mean": float(p.scores.mean())}
+        for name, values in p.lookups[self.core.args.user_view].columns.items():
+            value = values[0]
+            row[name] = value.item() if isinstance(value, np.generic) else value
+        tap.add(row)
 
     def _poll_aliases(self) -> None:
         """Follow registry alias moves (promote, rollback) without a restart or a dropped request.
@@ -275,6 +300,24 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
                              "degraded": rec.degraded, "features": rec.features, "candidates": rec.candidates,
                              "request_id": request_id, "arm": assignment.arm if assignment else "production"},
                             headers={"x-model-version": rec.model_version})
+
+    @api.get("/admin/monitor", responses=responses(401, 403, 404, 503), openapi_extra=SECURED)
+    async def monitor_status(self, authorization: Authorization = None) -> JSONResponse:
+        """The monitor's state (windows, baselines, firing alerts) and its latest closed windows' results."""
+        self.auth.check(authorization, "admin")
+        cfg = self.core.args.monitoring
+        if cfg is None or self.monitor_tap is None:
+            raise HTTPException(status_code=404, detail="monitoring is not configured (args.monitoring)")
+        handle = serve.get_deployment_handle(cfg.deployment, app_name=cfg.app)
+        try:
+            status = await handle.status.remote()
+            results = await handle.results.remote(5)
+        except Exception as exc:
+            raise unavailable(f"monitor deployment: {type(exc).__name__}: {exc}") from None
+        tap = self.monitor_tap
+        return JSONResponse({"status": status, "results": results,
+                             "tap": {"sent_rows": tap.sent_rows, "dropped_rows": tap.dropped_rows,
+                                     "send_errors": tap.send_errors}})
 
     @api.post("/events", responses=responses(401, 403, 404, 413, 422, 503), openapi_extra=SECURED)
     def events(self, request: EventsRequest, authorization: Authorization = None) -> EventsResponse:

@@ -38,6 +38,15 @@ class RolloutServing(StrictModel):
         return str(Path(value).expanduser().resolve())
 
 
+class MonitoringServing(StrictModel):
+    """Sampling of served rows for the monitor deployment (``rayml.serving.monitor_app``)."""
+
+    sample_rate: float = Field(0.1, ge=0, le=1, description="Share of answered requests sent to the monitor.")
+    app: str = Field("monitor", description="Serve application of the monitor.")
+    deployment: str = Field("Monitor", description="Its deployment name.")
+    send_every_s: float = Field(1.0, ge=0.05, le=3600, description="At most one message per replica this often.")
+
+
 class RecommenderArgs(StrictModel):
     """Validated by Ray itself when ``serve run`` builds the app. Relative paths resolve against the cwd."""
 
@@ -94,6 +103,8 @@ class RecommenderArgs(StrictModel):
     access_log_sample: float = Field(
         0.01, ge=0, le=1, description="Share of requests given an access-log line (every 5xx is logged)."
     )
+    monitoring: MonitoringServing | None = Field(
+        None, description="Sample served rows (features, scores) to the monitor: drift, quality, alerts.")
     rollout: RolloutServing | None = Field(
         None, description="Route users to a canary by the controller's weights, log outcomes, mirror to a shadow.")
 

@@ -117,7 +117,7 @@ class RecommenderCore:
         self.filtering = PostFiltering(args.filters)
         self.logger = FeatureLogger(args.feature_log) if args.feature_log else None
         self.largest_batch = 0  # most requests answered by one recommend_many call (dynamic batching)
-        self.shadow_tap: Callable[[Prepared], None] | None = None  # sees every scored request (shadow traffic)
+        self.taps: dict[str, Callable[[Prepared], None]] = {}  # see every scored request (shadow, monitoring)
 
     def _encode_items(self, encoder: FeatureEncoder) -> EncodedItems | None:
         """Every candidate item's encoded row for ``encoder`` (items retrieval can return: the batch candidates'
@@ -201,8 +201,8 @@ class RecommenderCore:
         assert p.scores is not None
         user, items = p.lookups[self.args.user_view], p.lookups[self.args.item_view]
         top = self.filtering.apply(p.scores, p.item_ids, items, p.clicked, p.call.k)
-        if self.shadow_tap is not None:
-            self.shadow_tap(p)
+        for tap in self.taps.values():
+            tap(p)
         if p.logged and self.logger is not None:
             ids = {self.lookup.user_key: np.full(len(p.item_ids), p.call.user_id), self.lookup.item_key: p.item_ids}
             self.logger.log(p.now, ids, p.lookups)

@@ -106,7 +106,8 @@ class RolloutRoutes:
         if shadow is None:
             if self.shadow is not None:
                 self.shadow["queue"].stop()
-            self.shadow, self.core.shadow_tap = None, None
+            self.shadow = None
+            self.core.taps.pop("shadow", None)
             return
         if self.shadow is None or self.shadow["alias"] != shadow["alias"] or self.shadow["raw"] != shadow["config"]:
             config = ShadowConfig.model_validate(shadow["config"])
@@ -117,7 +118,7 @@ class RolloutRoutes:
                 self.shadow["queue"].stop()
             self.shadow = {"alias": shadow["alias"], "raw": shadow["config"], "config": config,
                            "report": ShadowReport(config), "queue": queue}
-            self.core.shadow_tap = self._shadow_tap
+            self.core.taps["shadow"] = self._shadow_tap
         self.rollout_store.save_shadow_report(_replica_id(), self._shadow_state())
 
     def _shadow_dropped(self) -> None:

@@ -1,0 +1,287 @@
+"""Online monitoring: replicas sample what they serve; one monitor deployment windows it and runs the detectors.
+
+**In the replica** (:class:`MonitorTap`): a ``sample_rate`` share of answered requests is kept as one row each
+(event time, the model version, the user's raw online features, the top and mean score, the ``request_id``). Rows
+are buffered and sent at most once a second per replica, by a thread of their own, as one message of columns: the
+response never waits for monitoring, and a full buffer drops rows (counted).
+
+**In the monitor** (:class:`Monitor`, with an injectable clock so tests replay days in seconds):
+
+- rows go to tumbling *event-time* windows of ``window_s`` per model version; each window keeps a uniform
+  reservoir of at most ``reservoir`` rows (for KS and the other sample tests) and exact counts of every row, and
+  its missing or non-finite values per feature;
+- a window closes ``grace_s`` after its end (later rows for it are counted as late and dropped);
+- the first ``baseline_windows`` closed windows of a version are its **served baseline** (the logging policy that
+  produced the training rows is not the ranker that serves, so drift is judged against served traffic of the
+  same version);
+- each later window is tested against the baseline with the default preset (corrected over features), plus
+  data quality; the results become signals (``drift.<test>`` per feature, ``drift.family``, ``quality.<check>``)
+  that the alert rules read (:mod:`rayml.monitoring.alerts`);
+- state (baselines, recent results, alert state) is saved under ``state_dir`` after every close, so a restarted
+  monitor continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from rayml.config import StrictModel
+from rayml.monitoring.alerts import DEFAULT_RULES, AlertManager, AlertRule, WebhookConfig
+
+logger = logging.getLogger(__name__)
+
+
+class MonitorConfig(StrictModel):
+    window_s: float = Field(300.0, gt=0, description="Tumbling event-time window length, seconds.")
+    grace_s: float = Field(5.0, ge=0, description="A window closes this long after its end (late rows).")
+    baseline_windows: int = Field(1, ge=1, description="Closed windows of a version that form its baseline.")
+    reservoir: int = Field(5000, ge=10, description="Rows kept per window for the sample tests.")
+    min_rows: int = Field(200, ge=10, description="A window with fewer rows is reported, not tested.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Family-wise level over the features of a window.")
+    correction: Literal["holm", "fdr_bh"] = "holm"
+    rules: list[AlertRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
+    webhook: WebhookConfig | None = None
+    state_dir: str = Field(description="Where the monitor's state survives restarts.")
+    keep_results: int = Field(500, ge=1, description="Closed-window results kept in memory and on disk.")
+
+
+# -- replica side ---------------------------------------------------------------------------------------------
+class MonitorTap:
+    """Samples rows in a replica and ships them as one message per ``send_every_s`` (never on the request path).
+
+    ``send`` gets ``{"replica", "columns": {name: list}}`` and must not block (a Serve handle's ``.remote``).
+    """
+
+    def __init__(self, sample_rate: float, send: Callable[[dict[str, Any]], Any], replica: str = "local",
+                 send_every_s: float = 1.0, max_rows: int = 10_000) -> None:
+        self.sample_rate, self.send, self.replica = sample_rate, send, replica
+        self.send_every_s, self.max_rows = send_every_s, max_rows
+        self._rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.sent_rows = self.dropped_rows = self.send_errors = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="monitor-tap", daemon=True).start()
+
+    def sampled(self) -> bool:
+        return self.sample_rate >= 1 or random.random() < self.sample_rate
+
+    def add(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self._rows) >= self.max_rows:
+                self.dropped_rows += 1
+                return
+            self._rows.append(row)
+
+    def flush(self) -> None:
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return
+        columns = {key: [r.get(key) for r in rows] for key in dict.fromkeys(k for r in rows for k in r)}
+        try:
+            self.send({"replica": self.replica, "columns": columns})
+            self.sent_rows += len(rows)
+        except Exception as exc:  # the monitor is down: these rows are lost, counted; serving goes on
+            self.send_errors += 1
+            self.dropped_rows += len(rows)
+            logger.warning("monitor tap: send failed (%s: %s)", type(exc).__name__, exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.send_every_s):
+            self.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# -- monitor side ---------------------------------------------------------------------------------------------
+@dataclass
+class Window:
+    version: str
+    index: int
+    seen: int = 0
+    missing: dict[str, int] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the reservoir
+
+    def add(self, row: dict[str, Any], capacity: int, rng: random.Random) -> None:
+        self.seen += 1
+        for key, value in row.items():
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                self.missing[key] = self.missing.get(key, 0) + 1
+        if len(self.rows) < capacity:
+            self.rows.append(row)
+        else:
+            j = rng.randrange(self.seen)
+            if j < capacity:
+                self.rows[j] = row
+
+
+META = ("ts", "version", "request_id")
+
+
+class Monitor:
+    def __init__(self, config: MonitorConfig, clock: Callable[[], float] = time.time,
+                 evaluate: Callable[[pd.DataFrame, pd.DataFrame, MonitorConfig], dict[str, Any]] | None = None,
+                 ) -> None:
+        self.config = config
+        self.clock = clock
+        self.dir = Path(config.state_dir)
+        self.alerts = AlertManager(config.rules, self.dir / "alerts", config.webhook)
+        self._evaluate = evaluate or evaluate_window
+        self._rng = random.Random(0)
+        self._lock = threading.Lock()
+        self.windows: dict[tuple[str, int], Window] = {}
+        self.baselines: dict[str, list[dict[str, Any]]] = {}  # version → rows of its baseline windows
+        self.baseline_done: dict[str, int] = {}  # version → baseline windows closed so far
+        self.results: list[dict[str, Any]] = []
+        self.late_rows = self.bad_rows = self.received = 0
+        self.closed_until: dict[str, int] = {}  # version → first window index still open
+        self._load()
+
+    # -- ingest ---------------------------------------------------------------------------------------
+    def ingest(self, message: dict[str, Any]) -> int:
+        """Add a replica's message (columns of equal length); returns rows accepted. Never raises on bad rows."""
+        columns = message.get("columns") or {}
+        try:
+            n = len(columns["ts"])
+            if any(len(v) != n for v in columns.values()):
+                raise ValueError("columns of different lengths")
+        except (KeyError, TypeError, ValueError) as exc:
+            self.bad_rows += 1
+            logger.warning("monitor: malformed message from %s (%s)", message.get("replica"), exc)
+            return 0
+        accepted = 0
+        with self._lock:
+            for i in range(n):
+                row = {key: values[i] for key, values in columns.items()}
+                try:
+                    ts, version = float(row["ts"]), str(row["version"])
+                except (KeyError, TypeError, ValueError):
+                    self.bad_rows += 1
+                    continue
+                index = int(ts // self.config.window_s)
+                if index < self.closed_until.get(version, -1):
+                    self.late_rows += 1
+                    continue
+                window = self.windows.get((version, index))
+                if window is None:
+                    window = self.windows[(version, index)] = Window(version, index)
+                window.add(row, self.config.reservoir, self._rng)
+                accepted += 1
+        self.received += accepted
+        return accepted
+
+    # -- close and evaluate ---------------------------------------------------------------------------
+    def tick(self) -> list[dict[str, Any]]:
+        """Close every window whose end + grace has passed; returns their results (in event-time order)."""
+        now = self.clock()
+        with self._lock:
+            due = sorted((k for k in self.windows
+                          if (k[1] + 1) * self.config.window_s + self.config.grace_s <= now), key=lambda k: k[1])
+            closing = [self.windows.pop(k) for k in due]
+            for w in closing:
+                self.closed_until[w.version] = max(self.closed_until.get(w.version, -1), w.index + 1)
+        results = [self._close(w) for w in closing]
+        if results:
+            self._save()
+        return results
+
+    def _close(self, window: Window) -> dict[str, Any]:
+        cfg = self.config
+        start = window.index * cfg.window_s
+        base: dict[str, Any] = {"version": window.version, "window_start": start, "window_end": start + cfg.window_s,
+                                "rows": window.seen, "missing": window.missing}
+        done = self.baseline_done.get(window.version, 0)
+        if done < cfg.baseline_windows:
+            self.baselines.setdefault(window.version, []).extend(window.rows)
+            self.baseline_done[window.version] = done + 1
+            result = {**base, "kind": "baseline", "baseline_rows": len(self.baselines[window.version])}
+        elif window.seen < cfg.min_rows:
+            result = {**base, "kind": "too_few_rows", "min_rows": cfg.min_rows}
+        else:
+            reference = _frame(self.baselines[window.version])
+            current = _frame(window.rows)
+            evaluated = self._evaluate(reference, current, cfg)
+            result = {**base, "kind": "tested", **evaluated}
+            events = self.alerts.observe(start + cfg.window_s, signals_of(result))
+            result["alerts"] = [e.to_dict() for e in events]
+        self.results = [*self.results, result][-cfg.keep_results:]
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return {"open_windows": len(self.windows), "received": self.received, "late_rows": self.late_rows,
+                "bad_rows": self.bad_rows, "baselines": {v: len(r) for v, r in self.baselines.items()},
+                "latest": self.results[-1] if self.results else None, "firing": self.alerts.firing_by_rule(),
+                "alerts": [e.to_dict() for e in self.alerts.firing.values()]}
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = {"baselines": self.baselines, "baseline_done": self.baseline_done, "results": self.results,
+                 "closed_until": self.closed_until}
+        tmp = self.dir / ".monitor_state.json.tmp"
+        tmp.write_text(json.dumps(state, default=_jsonable))
+        tmp.replace(self.dir / "monitor_state.json")
+
+    def _load(self) -> None:
+        path = self.dir / "monitor_state.json"
+        if not path.exists():
+            return
+        state = json.loads(path.read_text())
+        self.baselines, self.baseline_done = state["baselines"], state["baseline_done"]
+        self.results, self.closed_until = state["results"], state["closed_until"]
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(rows)
+    return frame.drop(columns=[c for c in META if c in frame.columns])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def schema_of(frame: pd.DataFrame) -> dict[str, str]:
+    """numeric for number columns, categorical for the rest."""
+    return {c: "numeric" if pd.api.types.is_numeric_dtype(frame[c]) else "categorical" for c in frame.columns}
+
+
+def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, config: MonitorConfig) -> dict[str, Any]:
+    """The default preset (corrected over features) and data quality of ``current`` against ``reference``."""
+    from rayml.monitoring.presets import default_preset, run_preset
+    from rayml.monitoring.quality import data_quality
+
+    preset = default_preset(schema_of(reference), len(reference))
+    drift = run_preset(preset, reference, current, alpha=config.alpha, correction=config.correction).to_dict()
+    quality = data_quality(reference, current).to_dict()
+    return {"drift": drift, "quality": quality}
+
+
+def signals_of(result: dict[str, Any]) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Alert signals of a tested window: ``drift.<test>`` per feature, ``drift.family``."""
+    signals: dict[str, list[tuple[dict[str, str], float]]] = {}
+    drift = result.get("drift") or {}
+    for item in drift.get("results", []):
+        labels = {"feature": str(item["feature"]), "version": result["version"]}
+        if item.get("statistic") is not None:
+            signals.setdefault(f"drift.{item['test']}", []).append((labels, float(item["statistic"])))
+    if "drifted" in drift:
+        signals["drift.family"] = [({"version": result["version"]}, float(bool(drift["drifted"])))]
+    return signals

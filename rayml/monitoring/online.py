@@ -203,7 +203,7 @@ class Monitor:
         cfg = self.config
         start = window.index * cfg.window_s
         base: dict[str, Any] = {"version": window.version, "window_start": start, "window_end": start + cfg.window_s,
-                                "rows": window.seen, "missing": window.missing}
+                                "rows": window.seen, "missing": window.missing, "alerts": []}
         done = self.baseline_done.get(window.version, 0)
         if done < cfg.baseline_windows:
             self.baselines.setdefault(window.version, []).extend(window.rows)
@@ -264,24 +264,50 @@ def schema_of(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def evaluate_window(reference: pd.DataFrame, current: pd.DataFrame, config: MonitorConfig) -> dict[str, Any]:
-    """The default preset (corrected over features) and data quality of ``current`` against ``reference``."""
+    """The default preset (corrected over features), PSI per numeric feature (for the PSI rule; no permutation
+    p-value), and data quality of ``current`` against ``reference``."""
+    from rayml.monitoring.detectors import PSI
     from rayml.monitoring.presets import default_preset, run_preset
-    from rayml.monitoring.quality import data_quality
+    from rayml.monitoring.quality import quality_report
 
-    preset = default_preset(schema_of(reference), len(reference))
-    drift = run_preset(preset, reference, current, alpha=config.alpha, correction=config.correction).to_dict()
-    quality = data_quality(reference, current).to_dict()
-    return {"drift": drift, "quality": quality}
+    schema = schema_of(reference)
+    drift = run_preset(default_preset(schema, len(reference)), reference, current, alpha=config.alpha,
+                       correction=config.correction).to_dict()
+    psi = PSI(n_permutations=0)
+    scores = {f: psi.run(reference[f].to_numpy(np.float64), current[f].to_numpy(np.float64), f).statistic
+              for f, kind in schema.items() if kind == "numeric" and f in current}
+    quality = quality_report(reference, current, schema).to_dict()
+    return {"drift": drift, "psi": {f: _finite_or_none(v) for f, v in scores.items()}, "quality": quality}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def drift_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (feature, test) of a tested window: statistic, p-value, corrected p-value, decision."""
+    rows = []
+    for feature in (result.get("drift") or {}).get("features", []):
+        adjusted = feature.get("adjusted_p_values") or []
+        for i, item in enumerate(feature.get("results", [])):
+            rows.append({"feature": str(item["feature"]), "test": str(item["test"]),
+                         "statistic": item.get("statistic"), "p_value": item.get("p_value"),
+                         "adjusted_p_value": adjusted[i] if i < len(adjusted) else None,
+                         "drifted": bool(feature.get("drifted"))})
+    for feature, value in (result.get("psi") or {}).items():
+        rows.append({"feature": feature, "test": "psi", "statistic": value, "p_value": None,
+                     "adjusted_p_value": None, "drifted": value is not None and value > 0.2})
+    return rows
 
 
 def signals_of(result: dict[str, Any]) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Alert signals of a tested window: ``drift.<test>`` per feature, ``drift.family``."""
+    """Alert signals of a tested window: ``drift.<test>`` per feature (the statistic), ``drift.family``."""
     signals: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for row in drift_rows(result):
+        if row["statistic"] is not None:
+            labels = {"feature": row["feature"], "version": result["version"]}
+            signals.setdefault(f"drift.{row['test']}", []).append((labels, float(row["statistic"])))
     drift = result.get("drift") or {}
-    for item in drift.get("results", []):
-        labels = {"feature": str(item["feature"]), "version": result["version"]}
-        if item.get("statistic") is not None:
-            signals.setdefault(f"drift.{item['test']}", []).append((labels, float(item["statistic"])))
     if "drifted" in drift:
         signals["drift.family"] = [({"version": result["version"]}, float(bool(drift["drifted"])))]
     return signals

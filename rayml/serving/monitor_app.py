@@ -25,9 +25,12 @@ from ray.serve import Application
 from ray.util import metrics
 
 from rayml.config import StrictModel
-from rayml.monitoring.online import Monitor, MonitorConfig
+from rayml.monitoring.online import Monitor, MonitorConfig, drift_rows
 
 logger = logging.getLogger("ray.serve")
+
+
+QUALITY_CHECKS = ("missing_rate", "out_of_range_rate", "new_category_rate", "cardinality")
 
 
 class MonitorArgs(StrictModel):
@@ -68,16 +71,16 @@ class MonitorDeployment:
     def _export(self, result: dict[str, Any]) -> None:
         version = result["version"]
         self.rows.set(result["rows"], tags={"version": version})
-        for item in (result.get("drift") or {}).get("results", []):
-            tags = {"version": version, "feature": str(item["feature"]), "test": str(item["test"])}
-            if item.get("statistic") is not None:
-                self.drift_score.set(float(item["statistic"]), tags=tags)
-            p = item.get("adjusted_p_value", item.get("p_value"))
+        for row in drift_rows(result):
+            tags = {"version": version, "feature": row["feature"], "test": row["test"]}
+            if row["statistic"] is not None:
+                self.drift_score.set(float(row["statistic"]), tags=tags)
+            p = row["adjusted_p_value"] if row["adjusted_p_value"] is not None else row["p_value"]
             if p is not None:
                 self.drift_p.set(float(p), tags=tags)
         for feature, checks in ((result.get("quality") or {}).get("features") or {}).items():
             for check, value in checks.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
+                if check in QUALITY_CHECKS and value is not None:
                     self.quality.set(float(value), tags={"version": version, "feature": str(feature),
                                                          "check": str(check)})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -27,12 +28,30 @@ class CovariateDrift(StrictModel):
     shift: float = Field(1.0, ge=0, le=10, description="Size of the taste move, in taste std units.")
 
 
-class LabelDrift(StrictModel):
-    """From ``start_day`` on, the base click logit changes by ``delta`` (base CTR moves)."""
+class InterceptDrift(StrictModel):
+    """Concept change of the base click rate: from ``start_day`` the click logit moves by ``delta``.
+
+    p(x) stays and p(y | x) changes for every x (it was called ``label`` before, but it is not a
+    label shift: p(x | y) changes too, so label-shift estimators such as BBSE cannot see it).
+    """
 
     enabled: bool = False
     start_day: int = Field(7, ge=0)
     delta: float = Field(-0.7, ge=-10, le=10, description="Added to base_logit after start_day.")
+
+
+class LabelShift(StrictModel):
+    """True label shift: from ``start_day`` the click prior moves to ``new_prior``, p(x | y) kept.
+
+    Impressions are thinned by class after the clicks are drawn: a clicked impression is kept with
+    probability ``a`` and a non-clicked one with probability ``b`` (the larger of the two is 1),
+    chosen per user chunk and day so that the share of clicks becomes ``new_prior``. Thinning
+    that depends on the class only keeps p(x | y); p(y), p(x) and p(y | x) move.
+    """
+
+    enabled: bool = False
+    start_day: int = Field(7, ge=0)
+    new_prior: float = Field(0.25, gt=0, lt=1, description="Click rate of the log after start_day.")
 
 
 class ConceptDrift(StrictModel):
@@ -55,9 +74,25 @@ class Drift(StrictModel):
     """Switchable drift scenarios; all deterministic given the world seed."""
 
     covariate: CovariateDrift = CovariateDrift()
-    label: LabelDrift = LabelDrift()
+    intercept: InterceptDrift = InterceptDrift()
+    label_shift: LabelShift = LabelShift()
     concept: ConceptDrift = ConceptDrift()
     seasonality: Seasonality = Seasonality()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_label(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "label" in data:
+            raise ValueError(
+                "drift.label was renamed to drift.intercept (it moves the base click rate, a "
+                "concept change); for a true label shift (click prior moves, p(x | y) kept) use "
+                "drift.label_shift"
+            )
+        return data
+
+    def enabled_scenarios(self) -> list[str]:
+        """Names of the scenarios switched on, in field order."""
+        return [name for name in type(self).model_fields if getattr(self, name).enabled]
 
 
 class WorldConfig(StrictModel):
@@ -84,7 +119,7 @@ class WorldConfig(StrictModel):
 
     @model_validator(mode="after")
     def _drift_inside_log(self) -> WorldConfig:
-        for name in ("covariate", "label", "concept"):
+        for name in ("covariate", "intercept", "label_shift", "concept"):
             scenario = getattr(self.drift, name)
             if scenario.enabled and scenario.start_day >= self.days:
                 raise ValueError(

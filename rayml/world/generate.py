@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayml.world.config import WorldConfig
-from rayml.world.truth import SECONDS_PER_DAY, WorldParams, sigmoid
+from rayml.world.truth import SECONDS_PER_DAY, WorldParams, label_shift_keep_rates, sigmoid
 
 DEVICES = np.array(["ios", "android", "web"])
 EVENT_SLICE = 1_000_000  # events scored at once; bounds the [n, d] temporaries
@@ -145,7 +145,10 @@ def make_users(config: WorldConfig, params: WorldParams, chunk: int) -> UserChun
 def make_events(
     config: WorldConfig, params: WorldParams, chunk: int, users: UserChunk, items: pa.Table
 ) -> pa.Table:
-    """Impressions for one user chunk, sorted by time, with clicks drawn from the click model."""
+    """Impressions for one user chunk, sorted by time, with clicks drawn from the click model.
+
+    Under ``drift.label_shift`` the impressions from ``start_day`` on are then thinned by class.
+    """
     rng = np.random.default_rng([config.seed, 3, chunk])
     n_users = len(users.bias)
     counts = rng.poisson(config.impressions_per_user, n_users)
@@ -159,6 +162,8 @@ def make_events(
     noise = rng.normal(0, config.click.noise_std, n)
     uniform = rng.random(n)
     clicked = np.empty(n, dtype=bool)
+    shift = config.drift.label_shift
+    prob = np.empty(n if shift.enabled else 0, dtype=np.float64)
     for lo in range(0, n, EVENT_SLICE):
         sl = slice(lo, lo + EVENT_SLICE)
         u = local_user[sl]
@@ -166,7 +171,14 @@ def make_events(
             users.tastes[u], users.bias[u], item_vecs[item[sl]], item_bias[item[sl]],
             seconds[sl] / SECONDS_PER_DAY,
         )
-        clicked[sl] = uniform[sl] < sigmoid(logit + noise[sl])
+        p_click = sigmoid(logit + noise[sl])
+        clicked[sl] = uniform[sl] < p_click
+        if shift.enabled:
+            prob[sl] = p_click
+    if shift.enabled:
+        keep = _label_shift_keep(config, chunk, seconds // SECONDS_PER_DAY, clicked, prob)
+        local_user, item = local_user[keep], item[keep]
+        seconds, clicked = seconds[keep], clicked[keep]
     order = np.argsort(seconds, kind="stable")
     start = np.datetime64(config.start_date, "s").astype("datetime64[us]")
     return pa.table(
@@ -177,6 +189,27 @@ def make_events(
             "clicked": clicked[order],
         }
     )
+
+
+def _label_shift_keep(
+    config: WorldConfig, chunk: int, day: np.ndarray, clicked: np.ndarray, prob: np.ndarray
+) -> np.ndarray:
+    """Rows kept under label shift: from ``start_day`` thin each day by class to ``new_prior``.
+
+    The prior of each (chunk, day) before thinning is the mean true click probability of its rows
+    (a low-variance stand-in for the realised rate). Thinning depends on the class only, so
+    p(x | y) is unchanged. Uses its own random stream, so other scenarios' draws do not move.
+    """
+    shift = config.drift.label_shift
+    rng = np.random.default_rng([config.seed, 4, chunk])
+    keep_prob = np.ones(len(day))
+    for d in range(shift.start_day, config.days):
+        rows = day == d
+        if not rows.any():
+            continue
+        a, b = label_shift_keep_rates(float(prob[rows].mean()), shift.new_prior)
+        keep_prob[rows] = np.where(clicked[rows], a, b)
+    return rng.random(len(day)) < keep_prob
 
 
 def _write_events_by_date(events: pa.Table, out: Path, config: WorldConfig, chunk: int) -> None:

@@ -60,11 +60,12 @@ class WorldParams:
         return self.rotated_tastes(self.shifted_tastes(tastes, shifted), t_days)
 
     def time_logit(self, t_days: np.ndarray) -> np.ndarray:
-        """Part of the click logit that depends only on time: base, label drift, seasonality. [n]."""
+        """Part of the click logit that depends only on time: base, intercept, seasonality. [n]."""
         cfg = self.config
         logit = np.full(t_days.shape, cfg.click.base_logit, dtype=np.float64)
-        if cfg.drift.label.enabled:
-            logit += np.where(t_days >= cfg.drift.label.start_day, cfg.drift.label.delta, 0.0)
+        intercept = cfg.drift.intercept
+        if intercept.enabled:
+            logit += np.where(t_days >= intercept.start_day, intercept.delta, 0.0)
         season = cfg.drift.seasonality
         if season.enabled:
             logit += season.amplitude * np.sin(2 * np.pi * t_days / season.period_days)
@@ -87,3 +88,16 @@ class WorldParams:
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def label_shift_keep_rates(prior: float, new_prior: float) -> tuple[float, float]:
+    """Keep probabilities ``(a, b)`` of clicked / other rows that move ``prior`` to ``new_prior``.
+
+    After keeping clicked rows with probability a and the others with b, the click share is
+    ``a·π / (a·π + b·(1 − π))``; the larger of a and b is 1, so as few rows as possible are lost.
+    """
+    if not 0 < prior < 1:
+        return 1.0, 1.0
+    if new_prior >= prior:
+        return 1.0, prior * (1 - new_prior) / (new_prior * (1 - prior))
+    return new_prior * (1 - prior) / (prior * (1 - new_prior)), 1.0

@@ -96,6 +96,9 @@ class World:
         """True click probability of every (user, item) pair at time ``t_days``. [n_users, n_items].
 
         ``t_days`` defaults to the end of the log, so drift that has happened is included.
+        Label shift is the exception: it thins the logged impressions by class and leaves this
+        propensity alone, so after ``drift.label_shift.start_day`` it is the score a model fitted
+        before the shift would give (the posterior of the log is ``a·p / (a·p + b·(1 − p))``).
         """
         t = float(self.config.days if t_days is None else t_days)
         tastes, user_bias = self._user_truth

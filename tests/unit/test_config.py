@@ -14,7 +14,10 @@ from rayml.config import ConfigError, load_config, load_settings
 from rayml.features.definitions import FeatureRepo
 from rayml.models import ModelsConfig
 from rayml.models.distill_config import DistillConfig
+from rayml.rollout.plan import RolloutPlan
 from rayml.serving import RecommenderArgs
+from rayml.serving.monitor_app import MonitorArgs
+from rayml.serving.rollout_app import ControllerArgs
 from rayml.world import WorldConfig
 
 pytestmark = pytest.mark.unit
@@ -25,6 +28,8 @@ SCHEMAS = {
     "configs/batch": CandidateJobConfig,
     "configs/distill": DistillConfig,
     "configs/features": FeatureRepo,
+    "configs/world/scenarios": WorldConfig,
+    "configs/rollout": RolloutPlan,
 }
 FILE_SCHEMAS = {"configs/batch/score_users.yaml": ScoreJobConfig}  # batch/ holds two kinds of job
 
@@ -45,8 +50,11 @@ def test_every_config_file_loads_through_its_schema():
 def test_serve_configs_validate_with_rays_own_schema(path: Path):
     raw = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(raw)
+    builders = {"serve_apps.recommender:app_builder": RecommenderArgs,
+                "serve_apps.rollout_controller:app_builder": ControllerArgs,
+                "serve_apps.monitor:app_builder": MonitorArgs}
     for app in schema.applications:
-        RecommenderArgs.model_validate(app.args)
+        builders[app.import_path].model_validate(app.args)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -65,8 +73,8 @@ def test_unknown_key_names_file_key_and_allowed_keys(tmp_path):
 
 
 def test_nested_unknown_key(tmp_path):
-    path = write(tmp_path, "drift:\n  label: {enabled: true, delt: 1}\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'drift\.label\.delt'; allowed keys: delta, enabled, start_day"):
+    path = write(tmp_path, "drift:\n  intercept: {enabled: true, delt: 1}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'drift\.intercept\.delt'; allowed keys: delta, enabled, start_day"):
         load_config(path, WorldConfig)
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from rayml.config import ConfigError, load_config
 from rayml.world import World, WorldConfig, WorldNotFoundError, build_world
 
 pytestmark = pytest.mark.unit
+SCENARIO_DIR = Path(__file__).resolve().parents[2] / "configs" / "world" / "scenarios"
 SMALL = WorldConfig(seed=5, n_users=600, n_items=80, n_categories=6, days=6, impressions_per_user=30, chunk_users=250)
 
 
@@ -77,9 +80,10 @@ def ctr_by_day(world: World) -> np.ndarray:
     return np.array([clicked[day == d].mean() for d in range(6)])
 
 
-def test_label_drift_moves_base_ctr_after_start(tmp_path):
+def test_intercept_drift_moves_base_ctr_after_start(tmp_path):
     base = ctr_by_day(build(tmp_path, "base"))
-    drifted = ctr_by_day(drift_world(tmp_path, "label", label={"enabled": True, "start_day": 3, "delta": -1.5}))
+    intercept = {"enabled": True, "start_day": 3, "delta": -1.5}
+    drifted = ctr_by_day(drift_world(tmp_path, "intercept", intercept=intercept))
     assert np.allclose(base[:3], drifted[:3], atol=0.02)
     assert (drifted[3:] < base[3:] - 0.05).all()
 
@@ -111,6 +115,75 @@ def test_seasonality_is_periodic(tmp_path):
     u, i = np.arange(5), np.arange(5)
     assert np.allclose(world.relevance(u, i, 0.3), world.relevance(u, i, 4.3))
     assert not np.allclose(world.relevance(u, i, 1.0), world.relevance(u, i, 3.0))
+
+
+def test_old_label_key_is_a_clear_config_error(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("drift:\n  label: {enabled: true, start_day: 3, delta: -1.0}\n")
+    renamed = r"drift\.label was renamed to drift\.intercept.*drift\.label_shift"
+    with pytest.raises(ConfigError, match=renamed):
+        load_config(path, WorldConfig)
+
+
+SCENARIOS = {"covariate": "covariate", "label_shift": "label_shift", "concept": "concept",
+             "intercept": "intercept", "seasonal": "seasonality", "none": None}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_each_scenario_config_enables_exactly_its_scenario(name):
+    config = load_config(SCENARIO_DIR / f"{name}.yaml", WorldConfig)
+    expected = [SCENARIOS[name]] if SCENARIOS[name] else []
+    assert config.drift.enabled_scenarios() == expected
+    assert config.n_users * config.impressions_per_user * config.days <= 5_000 * 30 * 14  # small
+
+
+def test_scenario_configs_cover_every_drift_field():
+    assert {f"{p.stem}" for p in SCENARIO_DIR.glob("*.yaml")} == set(SCENARIOS)
+    drift_fields = set(WorldConfig.model_fields["drift"].annotation.model_fields)
+    assert drift_fields == {s for s in SCENARIOS.values() if s}
+
+
+def _per_event_features(world: World, events) -> np.ndarray:
+    """[n, 1 + 8 + 8]: true relevance, the user's observed f0..f7 and the item's observed g0..g7."""
+    users, items = events["user_id"].to_numpy(), events["item_id"].to_numpy()
+    relevance = world.relevance(np.arange(world.n_users), np.arange(world.n_items))[users, items]
+    user_table, item_table = world.user_features_table(), world.item_features_table()
+    f = np.stack([user_table[f"f{j}"].to_numpy(zero_copy_only=False) for j in range(8)], 1)[users]
+    g = np.stack([item_table[f"g{j}"].to_numpy(zero_copy_only=False) for j in range(8)], 1)[items]
+    return np.column_stack([relevance, f, g])
+
+
+def test_label_shift_moves_the_prior_and_keeps_p_x_given_y(tmp_path):
+    config = load_config(SCENARIO_DIR / "label_shift.yaml", WorldConfig)
+    shift = config.drift.label_shift
+    world = build(tmp_path, "ls", config)
+    events = world.events_dataset().to_table(columns=["user_id", "item_id", "ts", "clicked"])
+    day = (events["ts"].to_numpy() - np.datetime64("2026-01-01")) // np.timedelta64(1, "D")
+    clicked = events["clicked"].to_numpy(zero_copy_only=False)
+    after = day >= shift.start_day
+    unshifted = build(tmp_path, "none", load_config(SCENARIO_DIR / "none.yaml", WorldConfig)).meta
+    base_ctr = unshifted["n_clicks"] / unshifted["n_events"]
+    assert abs(clicked[~after].mean() - base_ctr) < 0.01  # before the shift: the unshifted world
+    assert abs(clicked[after].mean() - shift.new_prior) < 0.01
+    assert abs(clicked[after].mean() - clicked[~after].mean()) > 0.1
+    x = _per_event_features(world, events)
+    for cls in (False, True):
+        a, b = x[~after & (clicked == cls)], x[after & (clicked == cls)]
+        se = np.sqrt(np.nanvar(a, axis=0) / len(a) + np.nanvar(b, axis=0) / len(b))
+        z = (np.nanmean(b, axis=0) - np.nanmean(a, axis=0)) / se
+        assert np.abs(z).max() < 4.5, (cls, z.round(2))
+    # ... while p(x) does move: the pooled mean relevance follows the new class mix
+    se = np.sqrt(x[:, 0].var() * (1 / after.sum() + 1 / (~after).sum()))
+    pooled = (x[after, 0].mean() - x[~after, 0].mean()) / se
+    assert pooled > 10
+
+
+def test_label_shift_leaves_other_worlds_byte_identical(tmp_path):
+    """Switching label shift off draws nothing extra: a world without it matches the old layout."""
+    plain = build(tmp_path, "plain")
+    off = build(tmp_path, "off", variant(drift={"label_shift": {"enabled": False, "start_day": 2}}))
+    assert {k: v for k, v in digests(plain.path).items() if k != "world.json"} == \
+        {k: v for k, v in digests(off.path).items() if k != "world.json"}
 
 
 def test_missing_or_corrupt_world_is_a_clear_error(tmp_path):

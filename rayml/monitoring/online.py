@@ -72,6 +72,7 @@ class MonitorTap:
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.sent_rows = self.dropped_rows = self.send_errors = 0
+        self.last_error: str | None = None
         self._stop = threading.Event()
         threading.Thread(target=self._run, name="monitor-tap", daemon=True).start()
 
@@ -97,6 +98,7 @@ class MonitorTap:
         except Exception as exc:  # the monitor is down: these rows are lost, counted; serving goes on
             self.send_errors += 1
             self.dropped_rows += len(rows)
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             logger.warning("monitor tap: send failed (%s: %s)", type(exc).__name__, exc)
 
     def _run(self) -> None:

@@ -104,14 +104,24 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         if cfg is None or cfg.sample_rate <= 0:
             return
         handle = serve.get_deployment_handle(cfg.deployment, app_name=cfg.app)
-        self.monitor_tap = MonitorTap(cfg.sample_rate, lambda message: handle.ingest.remote(message),
-                                      replica=_replica_id(), send_every_s=cfg.send_every_s)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the replica's loop, seen by the first request
+
+        def send(message: dict[str, Any]) -> None:
+            # The handle routes from the replica's event loop; the tap's thread hands the call over to it, and
+            # does not wait for the answer (fire and forget).
+            if self._loop is None:
+                raise RuntimeError("no request seen yet")
+            self._loop.call_soon_threadsafe(lambda: handle.ingest.remote(message))
+
+        self.monitor_tap = MonitorTap(cfg.sample_rate, send, replica=_replica_id(), send_every_s=cfg.send_every_s)
         self.core.taps["monitor"] = self._monitor_tap
 
     def _monitor_tap(self, p: Prepared) -> None:
         tap = self.monitor_tap
         if tap is None or not tap.sampled() or p.scores is None or not len(p.scores):
             return
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         row: dict[str, Any] = {"ts": p.now, "version": p.ranker.model_version,
                                "score_max": float(p.scores.max()), "score_mean": float(p.scores.mean())}
         for name, values in p.lookups[self.core.args.user_view].columns.items():
@@ -317,7 +327,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         tap = self.monitor_tap
         return JSONResponse({"status": status, "results": results,
                              "tap": {"sent_rows": tap.sent_rows, "dropped_rows": tap.dropped_rows,
-                                     "send_errors": tap.send_errors}})
+                                     "send_errors": tap.send_errors, "last_error": tap.last_error}})
 
     @api.post("/events", responses=responses(401, 403, 404, 413, 422, 503), openapi_extra=SECURED)
     def events(self, request: EventsRequest, authorization: Authorization = None) -> EventsResponse:

@@ -8,7 +8,7 @@ DEMO := .rayml/demo
 PYTEST_ARGS ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install demo demo-data test test-unit lint bench clean redis-server wrk
+.PHONY: help install demo demo-data test test-unit lint bench clean redis-server wrk test-tools
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,10 +33,13 @@ demo: demo-data ## Everything in demo-data, then serve it (HAProxy ingress, auth
 redis-server: ## Install redis-server (Debian) when missing; the tests start their own on free ports.
 	@command -v redis-server >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
+test-tools: redis-server ## Install what the suite drives besides Python: redis-server, chromium (the report test), promtool.
+	@command -v chromium >/dev/null && command -v promtool >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium prometheus; }
+
 wrk: ## Install wrk (Debian), the C load generator the edge benchmark drives.
 	@command -v wrk >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 
-test: install redis-server ## Run every test tier (unit, integration, e2e).
+test: install test-tools ## Run every test tier (unit, integration, e2e).
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Only the fast tests that need no Ray.

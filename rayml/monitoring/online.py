@@ -260,7 +260,10 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def schema_of(frame: pd.DataFrame) -> dict[str, str]:
+Kind = Literal["numeric", "categorical"]
+
+
+def schema_of(frame: pd.DataFrame) -> dict[str, Kind]:
     """numeric for number columns, categorical for the rest."""
     return {c: "numeric" if pd.api.types.is_numeric_dtype(frame[c]) else "categorical" for c in frame.columns}
 

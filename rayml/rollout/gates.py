@@ -306,16 +306,18 @@ def evaluate_many(
     stage_canary_users: ArrayLike,
     *,
     ctr_interval: CtrInterval = "msprt",
-    prove_from_stage: int = 0,
+    prove_from_stage: int | None = None,
 ) -> GateResults:
     """The gate decision of ``R`` rollouts at once: arrays ``(R,)``, ``stage_users`` ``(R, 2)``.
 
     ``ctr_interval="naive95"`` swaps the CTR confidence sequence for a plain 95 % interval (the
     harness's peeking comparison, never for production). ``prove_from_stage``: stages with a lower
     index promote once their minimums are met and nothing fired, without the CTR non-inferiority
-    proof (0, the default, requires the proof at every stage; it is clipped so the last stage always
-    requires it).
+    proof (None, the default: the plan's ``require_noninferiority`` per stage; it is clipped so the
+    last stage always requires it).
     """
+    if prove_from_stage is None:
+        prove_from_stage = plan.prove_from_stage
     rows = canary.users.shape[0]
     stage = np.broadcast_to(np.asarray(stage_index, dtype=np.intp), (rows,))
     stage_elapsed = np.broadcast_to(np.asarray(stage_elapsed_s, dtype=np.float64), (rows,))
@@ -654,7 +656,7 @@ def evaluate(
     inputs: GateInputs,
     *,
     ctr_interval: CtrInterval = "msprt",
-    prove_from_stage: int = 0,
+    prove_from_stage: int | None = None,
 ) -> Decision:
     """The next step of one rollout; see the module docstring for the checks and their order.
 
@@ -670,6 +672,8 @@ def evaluate(
         raise ValueError(
             f"stage_index: {stage_index} is not a stage of a {len(plan.stages)}-stage plan"
         )
+    if prove_from_stage is None:
+        prove_from_stage = plan.prove_from_stage
     res = evaluate_many(
         plan,
         stage_index,

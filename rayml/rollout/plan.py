@@ -28,6 +28,10 @@ class Stage(StrictModel):
     weight_pct: float = Field(gt=0, le=100, description="Share of users routed to the canary, in percent.")
     min_samples: int = Field(GATE_MIN_USERS, ge=1, description="Canary users with mature data in this stage.")
     min_duration_s: float = Field(ge=0, description="Seconds the stage lasts at least.")
+    require_noninferiority: bool = Field(
+        True, description="Promote only once the CTR lift's lower bound is above -δ. false: promote once the "
+        "minimums are met and no gate fired (the stage still rolls back when the upper bound is below -δ or a "
+        "guardrail fires). A 1 % stage rarely has the users to prove δ = 2 %; see docs/rollout-statistics.md.")
 
 
 class AlphaSplit(StrictModel):
@@ -92,6 +96,14 @@ class RolloutPlan(StrictModel):
             if stage.min_samples < GATE_MIN_USERS:
                 raise ValueError(f"stages.{i}.min_samples: {stage.min_samples} is below the "
                                  f"{GATE_MIN_USERS} users per arm the gates need")
+        proving = [s.require_noninferiority for s in self.stages]
+        if not proving[-1]:
+            raise ValueError(f"stages.{len(proving) - 1}.require_noninferiority: the last stage must prove "
+                             "non-inferiority before production moves")
+        for i, (a, b) in enumerate(itertools.pairwise(proving)):
+            if a and not b:
+                raise ValueError(f"stages.{i + 1}.require_noninferiority: once a stage proves non-inferiority, "
+                                 "every later one must")
         if not math.isclose(self.alpha_split.total(), self.alpha, rel_tol=1e-9, abs_tol=1e-12):
             raise ValueError(f"alpha_split: its parts sum to {self.alpha_split.total():g}, not alpha={self.alpha:g}")
         if self.canary_alias == self.production_alias:
@@ -102,6 +114,11 @@ class RolloutPlan(StrictModel):
     def tau(self) -> float:
         """The mixture scale on log lift (δ unless set)."""
         return self.mixture_scale if self.mixture_scale is not None else self.margin
+
+    @property
+    def prove_from_stage(self) -> int:
+        """Index of the first stage that must prove non-inferiority to be promoted."""
+        return next(i for i, s in enumerate(self.stages) if s.require_noninferiority)
 
     def stage_alpha_srm(self) -> float:
         return self.alpha_split.srm / len(self.stages)

@@ -103,3 +103,15 @@ def test_shipped_production_plan_holds_each_stage_a_full_day(tmp_path):
     bad.write_text("stages:\n  - {weight_pct: 1, min_duration_s: 1, min_sample: 5}\n")
     with pytest.raises(ConfigError, match=r"plan\.yaml: unknown key 'stages\.0\.min_sample'"):
         load_config(bad, RolloutPlan)
+
+
+def test_non_inferiority_must_be_proved_from_some_stage_on_and_by_the_last():
+    stages = [{"weight_pct": 1, "min_duration_s": 1, "require_noninferiority": False},
+              {"weight_pct": 100, "min_duration_s": 1}]
+    assert RolloutPlan.model_validate({"stages": stages}).prove_from_stage == 1
+    with pytest.raises(ValidationError, match=r"stages\.1\.require_noninferiority: the last stage"):
+        RolloutPlan.model_validate({"stages": [stages[0], {**stages[1], "require_noninferiority": False}]})
+    with pytest.raises(ValidationError, match=r"stages\.1\.require_noninferiority: once a stage proves"):
+        RolloutPlan.model_validate({"stages": [{**stages[0], "require_noninferiority": True},
+                                               {"weight_pct": 50, "min_duration_s": 1,
+                                                "require_noninferiority": False}, stages[1]]})

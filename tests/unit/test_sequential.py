@@ -1,5 +1,4 @@
-"""Always-valid inference for the canary gates: mSPRT interval, delta method, SRM (vs savvi), latency
-histogram."""
+"""Always-valid inference for the gates: mSPRT, delta method, SRM (vs savvi), latency histogram."""
 
 from __future__ import annotations
 
@@ -56,13 +55,12 @@ def test_radius_edge_cases_and_broadcasting():
     r = sq.msprt_radius(np.array([1e-4, 1e-5]), 0.02, 0.03)
     assert r.shape == (2,) and r[0] > r[1] > 0
     # wider than the fixed-horizon interval at the same α: the price of looking at any time
-    lo, hi = sq.fixed_horizon_ci(0.0, 1e-4, 0.03)
+    _, hi = sq.fixed_horizon_ci(0.0, 1e-4, 0.03)
     assert r[0] > hi
 
 
 def test_always_valid_ci_covers_under_continuous_monitoring():
-    """500 Gaussian streams × 200 looks: the sequence misses the mean at SOME look in ≤ α of paths.
-    """
+    """500 Gaussian streams × 200 looks: the sequence misses the mean at any look in ≤ α of them."""
     rng = np.random.default_rng(7)
     alpha, mu, looks, paths = 0.05, 0.3, 200, 500
     x = rng.normal(mu, 1.0, (paths, looks))
@@ -232,7 +230,7 @@ def test_latency_edges():
     edges = sq.LATENCY_EDGES_MS
     assert edges[0] == 0.05 and edges[-1] >= 120_000 > edges[-2]
     assert np.allclose(edges[1:] / edges[:-1], 1.05)
-    assert sq.LATENCY_BUCKETS == len(edges) + 1
+    assert len(edges) + 1 == sq.LATENCY_BUCKETS
     assert list(sq.latency_bucket([0.01, 0.05, 0.053, 1e9])) == [0, 1, 2, len(edges)]
     with pytest.raises(ValueError):
         edges[0] = 1.0

@@ -12,6 +12,9 @@ outcomes logged), ``abort`` removes them; replicas pick the change up at their n
   on/off, and machine CPU µs per request (``/proc/stat``) beside it. Target: ≥ 0.97.
 - **Shadow at 10 %:** p99 at the connection count that gives about half of the peak, interleaved off/on;
   the median ratio on/off. Target: ≤ 1.05.
+- **Monitoring at 10 %:** a second recommender app (same options, one replica) samples 10 % of its requests to
+  the monitor deployment; req/s at 32 connections, interleaved between the two apps (only one is driven at a
+  time). Target: ≥ 0.97 (the Monitoring issue's overhead bound).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def main() -> None:
         def rollout(on: bool) -> None:
             if on:
                 start(root, plan, str(candidate))
-            else:
+            elif (state := store.read()) is not None and state.active:
                 command(root, "ranker", "abort")
             time.sleep(2.5)  # > alias_poll_s: every replica re-read the weights
 
@@ -121,6 +124,28 @@ def main() -> None:
               "median_p99_ratio": round(ratio, 3), "p99_off_ms": median(r["p99_ms"] for r in shadow["off"]),
               "p99_on_ms": median(r["p99_ms"] for r in shadow["on"]), "compared_in_last_window": compared,
               "target": "<= 1.05"})
+
+        from rayml.serving.config import MonitoringServing
+        from rayml.serving.monitor_app import MonitorArgs, build_monitor
+
+        serve.run(build_monitor(MonitorArgs(monitor={"window_s": 60, "state_dir": str(private / "monitor")})),
+                  name="monitor", route_prefix=None)
+        monitored = args.model_copy(update={"rollout": None, "monitoring": MonitoringServing(sample_rate=0.1)})
+        plain = args.model_copy(update={"rollout": None})
+        serve.run(shipped_deployment(CONFIG, plain), name="recommender", route_prefix="/")
+        serve.run(shipped_deployment(CONFIG, monitored), name="monitored", route_prefix="/mon")
+        on_url = f"http://127.0.0.1:{port}/mon/recommend"
+        wrk(on_url, lua, 32, 4)
+        monitoring = {"off": [], "on": []}
+        for _ in range(a.pairs):
+            for mode, target in (("off", url), ("on", on_url)):
+                monitoring[mode].append(emit({"bench": "rollout_overhead", "what": "monitoring 10%", "mode": mode,
+                                              **measured(target, lua, 32, a.seconds)}))
+        ratio = median(on["req_per_s"] / off["req_per_s"]
+                       for off, on in zip(monitoring["off"], monitoring["on"], strict=True))
+        emit({"bench": "rollout_overhead", "summary": "monitoring 10%", "median_throughput_ratio": round(ratio, 3),
+              "cpu_us_off": median(r["cpu_us_per_request"] for r in monitoring["off"]),
+              "cpu_us_on": median(r["cpu_us_per_request"] for r in monitoring["on"]), "target": ">= 0.97"})
     finally:
         stop_cluster(private)
 

@@ -6,6 +6,8 @@ Layout under the root URI (a local path by default; ``s3://bucket/prefix`` etc. 
     <model>/aliases.json             {"production": 3, "canary": 4}
     <model>/alias_history.jsonl      one line per alias move
     <model>/serving.json             per alias: the last version a server loaded, versions servers refused
+    <model>/profiles/<N>/            feature profiles of version N, checksummed; current.json names the current
+                                     build per kind (see ``save_profile``); beside, never inside, the version
 
 On a local filesystem a version is staged under a unique name and renamed into place, so racing writers get
 distinct numbers and readers never see half a version. On object stores (no atomic directory rename) files are
@@ -34,6 +36,7 @@ import pyarrow.fs as pafs
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 METADATA = "metadata.json"
 CHUNK = 1 << 20
+PROFILE_KINDS = ("training", "served")  # feature profiles kept per version (see save_profile)
 
 
 class RegistryError(Exception):
@@ -344,3 +347,86 @@ class ModelRegistry:
         if not moves or moves[-1]["to"] != current or moves[-1]["from"] is None:
             raise RegistryError(f"{name}: alias {alias!r} has no earlier version to roll back to")
         return self.set_alias(name, alias, moves[-1]["from"], reason=f"rollback from v{current}")
+
+    # -- feature profiles (references versioned with the model) ---------------------------------
+    # Layout, beside the immutable versions (never inside ``versions/<N>/``)::
+    #
+    #     <model>/profiles/<N>/<kind>.bin        first build of a profile kind ("training" | "served")
+    #     <model>/profiles/<N>/<kind>-<n>.bin    rebuilds (n = 2, 3, …); older files are kept
+    #     <model>/profiles/<N>/<file>.json       sidecar per file: sha256, size, created_at, meta
+    #     <model>/profiles/<N>/current.json      {kind: {"file", "sha256", "created_at", "meta"}}: the current build
+    def _profile_dir(self, name: str, version: str | int) -> tuple[int, str]:
+        number = self.resolve(name, version)
+        return number, f"{self._model_dir(name)}/profiles/{number}"
+
+    def save_profile(self, name: str, version: str | int, kind: str, data: bytes,
+                     meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Store a serialized feature profile of ``kind`` for a published version and make it current.
+
+        The first build is ``<kind>.bin``; a rebuild writes ``<kind>-<n>.bin`` and moves ``current.json`` to it.
+        Returns the ``current.json`` entry (file, sha256, created_at, meta).
+        """
+        if kind not in PROFILE_KINDS:
+            raise RegistryError(f"invalid profile kind {kind!r} (kinds: {', '.join(PROFILE_KINDS)})")
+        number, pdir = self._profile_dir(name, version)
+        self.fs.create_dir(pdir, recursive=True)
+        checksum = hashlib.sha256(data).hexdigest()
+        with self._profile_lock(pdir):
+            current = self.profiles(name, number)
+            existing = {i.base_name for i in self.fs.get_file_info(pafs.FileSelector(pdir))}
+            fname, n = f"{kind}.bin", 1
+            while fname in existing or f"{fname[:-4]}.json" in existing:  # never reuse a name, even if lost
+                n += 1
+                fname = f"{kind}-{n}.bin"
+            entry = {"file": fname, "sha256": checksum,
+                     "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "meta": dict(meta or {})}
+            tmp = f"{pdir}/{fname}.tmp-{uuid.uuid4().hex}"
+            with self.fs.open_output_stream(tmp) as fh:
+                fh.write(data)
+            self.fs.move(tmp, f"{pdir}/{fname}")
+            sidecar = {**entry, "name": name, "version": number, "kind": kind, "size": len(data)}
+            self._write_atomic(f"{pdir}/{fname[:-4]}.json", json.dumps(sidecar, indent=1, sort_keys=True))
+            current[kind] = entry
+            self._write_atomic(f"{pdir}/current.json", json.dumps(current, indent=1, sort_keys=True))
+        return entry
+
+    def profiles(self, name: str, version: str | int) -> dict[str, dict[str, Any]]:
+        """The current profile per kind of a version: ``{kind: {"file", "sha256", "created_at", "meta"}}``."""
+        number, pdir = self._profile_dir(name, version)
+        path = f"{pdir}/current.json"
+        if not self._exists(path):
+            return {}
+        try:
+            return json.loads(self._read_text(path))
+        except (OSError, ValueError) as exc:
+            raise ArtifactCorruptError(f"{name} v{number}: unreadable profiles/current.json ({exc})") from None
+
+    def load_profile(self, name: str, version: str | int, kind: str) -> bytes:
+        """Bytes of the current profile of ``kind``, verified against the checksum recorded when saved."""
+        number, pdir = self._profile_dir(name, version)
+        entry = self.profiles(name, number).get(kind)
+        if entry is None:
+            raise RegistryError(f"{name} v{number}: no {kind!r} profile (have {sorted(self.profiles(name, number))})")
+        try:
+            with self.fs.open_input_stream(f"{pdir}/{entry['file']}") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise ArtifactCorruptError(f"{name} v{number}: profile file {entry['file']} is missing") from None
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ArtifactCorruptError(
+                f"{name} v{number}: profile file {entry['file']} fails its checksum (corrupt or truncated)"
+            )
+        return data
+
+    @contextlib.contextmanager
+    def _profile_lock(self, pdir: str):
+        """Serialise profile saves of one version among processes on a local filesystem (flock)."""
+        if not self.local:
+            yield  # object stores: one writer of profiles per version
+            return
+        with open(f"{pdir}/.profiles.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)

@@ -7,8 +7,10 @@ and never decides a rollout itself. The admin routes (``admin`` token) are the o
 
 # No `from __future__ import annotations`: FastAPI must see the real classes.
 
+import asyncio
 import logging
 import random
+import threading
 import time
 from typing import Any, Literal
 
@@ -117,18 +119,21 @@ class RolloutRoutes:
             if self.shadow is not None:
                 self.shadow["queue"].stop()
             self.shadow = {"alias": shadow["alias"], "raw": shadow["config"], "config": config,
-                           "report": ShadowReport(config), "queue": queue}
+                           "report": ShadowReport(config), "queue": queue, "lock": threading.Lock()}
             self.core.taps["shadow"] = self._shadow_tap
         self.rollout_store.save_shadow_report(_replica_id(), self._shadow_state())
 
     def _shadow_dropped(self) -> None:
         if self.shadow is not None:
-            self.shadow["report"].record_drop()
+            with self.shadow["lock"]:
+                self.shadow["report"].record_drop()
         self.shadow_drops.inc()
 
     def _shadow_state(self) -> dict[str, Any]:
         assert self.shadow is not None
-        return {"alias": self.shadow["alias"], "report": self.shadow["report"].report(),
+        with self.shadow["lock"]:
+            report = self.shadow["report"].report()
+        return {"alias": self.shadow["alias"], "report": report,
                 "queue": self.shadow["queue"].stats(), "at": time.time()}
 
     # -- per request --------------------------------------------------------------------------
@@ -164,7 +169,7 @@ class RolloutRoutes:
             return
         prod_scores = p.scores.copy()
 
-        async def job() -> None:
+        def compare() -> None:
             started = time.perf_counter()
             try:
                 loaded = ranking.extra[shadow["alias"]].value
@@ -173,11 +178,18 @@ class RolloutRoutes:
                                       self.core.lookup.item_key)
                 scores = ranking.score(loaded, rows)
             except Exception as exc:
-                shadow["report"].record_error(f"{type(exc).__name__}: {exc}")
+                with shadow["lock"]:
+                    shadow["report"].record_error(f"{type(exc).__name__}: {exc}")
                 raise
-            shadow["report"].record_comparison(compare_rankings(p.item_ids.tolist(), prod_scores, scores,
-                                                                shadow["config"].k),
-                                               (time.perf_counter() - started) * 1e3)
+            latency_ms = (time.perf_counter() - started) * 1e3
+            comparison = compare_rankings(p.item_ids.tolist(), prod_scores, scores, shadow["config"].k)
+            with shadow["lock"]:  # the poll thread reads the report
+                shadow["report"].record_comparison(comparison, latency_ms)
+
+        async def job() -> None:
+            # Off the event loop: ONNX Runtime and numpy release the GIL, so on a second core the shadow's
+            # work runs beside the user requests instead of in front of them.
+            await asyncio.to_thread(compare)
 
         shadow["queue"].offer(job)
 

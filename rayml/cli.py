@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rayml.cli_experiment import experiment_app
+from rayml.cli_monitor import monitor_app
 from rayml.cli_rollout import rollout_app, shadow_app
 from rayml.config import ConfigError, load_config
 from rayml.registry import ModelRegistry, RegistryError
@@ -27,6 +28,7 @@ app.add_typer(features_app, name="features")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(shadow_app, name="shadow")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(monitor_app, name="monitor")
 console = Console(soft_wrap=True)
 
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="Registry root directory.")]

@@ -32,7 +32,7 @@ from rayml.registry import ModelRegistry, RegistryError
 from rayml.rollout.gates import Decision, evaluate
 from rayml.rollout.outcomes import OutcomeLog
 from rayml.rollout.plan import RolloutPlan
-from rayml.rollout.state import LeaseLost, RolloutConflict, RolloutState, RolloutStore
+from rayml.rollout.state import LeaseLost, RolloutState, RolloutStore
 
 logger = logging.getLogger(__name__)
 
@@ -174,9 +174,6 @@ def start(registry_root: str | Path, plan: RolloutPlan, candidate: str, dry_run:
         raise RolloutError(f"min_shadow_agreement: the shadow's agreement is {shadow_agreement}, below "
                                f"{plan.min_shadow_agreement}; run a shadow first")
     store = RolloutStore(registry_root, plan.model)
-    current = store.read()
-    if current is not None and current.active:
-        raise RolloutConflict(current)
     rollout_id = f"r{int(now)}-{uuid.uuid4().hex[:6]}"
     state = RolloutState(id=rollout_id, model=plan.model, status="Progressing", plan=plan.model_dump(),
                          candidate_version=version, production_version=production, started_at=now, stage_index=0,

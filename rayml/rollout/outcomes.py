@@ -134,12 +134,12 @@ class OutcomeLog:
     def gate_inputs(self, rollout: str, candidate_label: str, started_at: float, stage_started_at: float,
                     now: float, window_s: float) -> JoinReport:
         """The gates' inputs at ``now``: every mature request of ``rollout`` (older than ``window_s``)."""
-        mature = now - window_s
-        req = self.requests(rollout, mature)
+        logged = self.requests(rollout, now)  # read once: the mature ones judge, all of them name clicks
+        req = logged[logged["ts"] < now - window_s]
         req = req[(req["arm"] != "canary") | (req["model_version"] == candidate_label)]
         clicks = self._read("clicks", CLICKS_SCHEMA, (ds.field("ts") >= started_at) & (ds.field("ts") < now))
         known = clicks["request_id"].isin(req["request_id"])
-        unknown = int((~clicks["request_id"].isin(self.requests(rollout, now)["request_id"])).sum())
+        unknown = int((~clicks["request_id"].isin(logged["request_id"])).sum())
         clicked, late = _attributed(req, clicks[known], window_s)
         req = req.assign(clicks=req["request_id"].map(clicked).fillna(0).astype(np.int64),
                          impressions=req["items"].map(len).astype(np.int64))

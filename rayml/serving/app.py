@@ -28,7 +28,7 @@ from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.batching import apply_batching, batching_state
 from rayml.serving.config import RecommenderArgs, load_serving_repo
 from rayml.serving.health import ReplicaHealth
-from rayml.serving.health_routes import HealthRoutes
+from rayml.serving.health_routes import HealthRoutes, replica_id
 from rayml.serving.http_api import (
     EDGE,
     IN_FLIGHT,
@@ -48,7 +48,7 @@ from rayml.serving.recommender import (
     UnknownAliasError,
     UnknownUserError,
 )
-from rayml.serving.rollout_routes import RolloutRoutes, _replica_id
+from rayml.serving.rollout_routes import RolloutRoutes
 from rayml.serving.schemas import (
     EventsRequest,
     EventsResponse,
@@ -113,7 +113,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
                 raise RuntimeError("no request seen yet")
             self._loop.call_soon_threadsafe(lambda: handle.ingest.remote(message))
 
-        self.monitor_tap = MonitorTap(cfg.sample_rate, send, replica=_replica_id(), send_every_s=cfg.send_every_s)
+        self.monitor_tap = MonitorTap(cfg.sample_rate, send, replica=replica_id() or "local", send_every_s=cfg.send_every_s)
         self.core.taps["monitor"] = self._monitor_tap
 
     def _monitor_tap(self, p: Prepared) -> None:

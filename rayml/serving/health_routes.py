@@ -33,7 +33,7 @@ def cluster_ingress() -> str:
     return "serve-proxy"
 
 
-def _replica_id() -> str | None:
+def replica_id() -> str | None:
     try:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # outside a replica (tests of the class itself)
@@ -97,7 +97,7 @@ class HealthRoutes:
             "models": {name: _safe(f.describe()) for name, f in self._followers().items()},
             "online_store": core.features.backend, "online_store_errors": core.features.errors,
             "model_call_failures": self.health.calls.total_failures,
-            "ingress": cluster_ingress(), "replica": _replica_id(), "plan": core.args.plan,
+            "ingress": cluster_ingress(), "replica": replica_id(), "plan": core.args.plan,
             "auth": {"enabled": core.args.auth.enabled, "protect_reads": core.args.auth.protect_reads},
             "batching": self.batching(),  # type: ignore[attr-defined]
             **extra,

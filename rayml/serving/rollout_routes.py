@@ -17,7 +17,6 @@ from typing import Any, Literal
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from ray import serve
 from ray.util import metrics
 
 from rayml.config import format_validation_error
@@ -27,6 +26,7 @@ from rayml.rollout.router import Assignment, Router
 from rayml.rollout.shadow import ShadowConfig, ShadowQueue, ShadowReport, compare_rankings
 from rayml.rollout.state import RolloutConflict, RolloutStore
 from rayml.serving.auth import TokenStore
+from rayml.serving.health_routes import replica_id
 from rayml.serving.http_api import IN_FLIGHT, SECURED, Authorization, api, responses
 from rayml.serving.recommender import Prepared, RecommenderCore
 
@@ -47,13 +47,6 @@ class StartShadow(BaseModel):
 
     alias: str = Field(min_length=1, max_length=64, description="The shadow model's alias.")
     config: dict[str, Any] = Field(default_factory=lambda: {"fraction": 0.1}, description="ShadowConfig.")
-
-
-def _replica_id() -> str:
-    try:
-        return serve.get_replica_context().replica_id.unique_id
-    except Exception:  # outside a replica
-        return "local"
 
 
 class RolloutRoutes:
@@ -90,13 +83,11 @@ class RolloutRoutes:
             state = self.rollout_store.read()
             weights = state.weights() if state is not None else None
             ranking = self.core.ranking
-            if weights is not None:
-                ranking.follow(weights.alias)
             shadow = self.rollout_store.shadow()
-            if shadow is not None:
-                ranking.follow(shadow["alias"])
-            if weights is not None or shadow is not None:
-                ranking.refresh_aliases()
+            wanted = [weights.alias] if weights is not None else []
+            wanted += [shadow["alias"]] if shadow is not None else []
+            if any([ranking.follow(alias) for alias in wanted]):
+                ranking.refresh_aliases()  # load a newly followed alias now; the poll refreshes the rest
             self.router.update(weights, ranking.versions())
             self.rollout_id = state.id if state is not None and state.active else None
             self._shadow_update(shadow)
@@ -121,7 +112,7 @@ class RolloutRoutes:
             self.shadow = {"alias": shadow["alias"], "raw": shadow["config"], "config": config,
                            "report": ShadowReport(config), "queue": queue, "lock": threading.Lock()}
             self.core.taps["shadow"] = self._shadow_tap
-        self.rollout_store.save_shadow_report(_replica_id(), self._shadow_state())
+        self.rollout_store.save_shadow_report(replica_id() or "local", self._shadow_state())
 
     def _shadow_dropped(self) -> None:
         if self.shadow is not None:
@@ -205,7 +196,7 @@ class RolloutRoutes:
         state = self.rollout_store.read()
         return JSONResponse({"rollout": state.to_dict() if state else None,
                              "router": {"live_weight_pct": self.router.live_weight(time.time()),
-                                        "replica": _replica_id()}})
+                                        "replica": replica_id() or "local"}})
 
     @api.post("/admin/rollout", responses=responses(401, 403, 409, 422), openapi_extra=SECURED)
     def rollout_start(self, body: StartRollout, authorization: Authorization = None) -> JSONResponse:

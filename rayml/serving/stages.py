@@ -283,10 +283,13 @@ class Ranking:
                 self.alias_errors[alias] = str(exc)
         return {self.alias: self.follower.label, **{a: f.label for a, f in self.extra.items()}}
 
-    def follow(self, alias: str) -> None:
-        """Serve ``alias`` too from the next :meth:`refresh_aliases` on (a rollout's canary or shadow)."""
-        if alias != self.alias and alias not in self.extra_aliases:
-            self.extra_aliases.append(alias)
+    def follow(self, alias: str) -> bool:
+        """Serve ``alias`` too from the next :meth:`refresh_aliases` on (a rollout's canary or shadow); True
+        when it was not followed yet."""
+        if alias == self.alias or alias in self.extra_aliases:
+            return False
+        self.extra_aliases.append(alias)
+        return True
 
     def versions(self) -> dict[str, int]:
         """Served alias → its loaded version number."""

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rayml.cli_deploy import deploy_app
 from rayml.cli_experiment import experiment_app
 from rayml.cli_monitor import monitor_app
 from rayml.cli_rollout import rollout_app, shadow_app
@@ -29,6 +30,7 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(shadow_app, name="shadow")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(deploy_app, name="deploy")
 console = Console(soft_wrap=True)
 
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="Registry root directory.")]

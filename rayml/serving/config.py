@@ -55,7 +55,7 @@ class RecommenderArgs(StrictModel):
         description="fused: every stage in the ingress replica (fastest on CPU); split: the ranker's ONNX sessions "
         "in their own `Ranker` deployment (give it `num_gpus` under `deployments:`), reached by a Serve handle.",
     )
-    registry: str = Field(description="Registry root directory.")
+    registry: str = Field(description="Registry root: a directory, or a URI (`s3://bucket/prefix`) every node can reach.")
     ranker_model: str = Field("ranker", description="Registry model name of the ranker.")
     ranker_alias: str = Field("production", description="Version or alias of the ranker to serve at start.")
     ranker_aliases: list[str] = Field(
@@ -111,7 +111,9 @@ class RecommenderArgs(StrictModel):
     @field_validator("registry", "candidates", "features", "feature_state", "event_log")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        return None if value is None else str(Path(value).expanduser().resolve())
+        if value is None or "://" in value:  # a URI (s3://, gs://) stays as written
+            return value
+        return str(Path(value).expanduser().resolve())
 
     @field_validator("feature_log")
     @classmethod

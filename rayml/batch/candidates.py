@@ -22,6 +22,7 @@ from rayml.batch.shards import (
     ShardWorker,
     committed_outputs,
     list_shards,
+    load_model,
     refuse_relative_paths_in_job,
     run_sharded,
 )
@@ -100,10 +101,13 @@ def read_manifest(output: str | Path) -> dict | None:
 class CandidateShardWorker(ShardWorker):
     """Ray Data actor: top-K candidates for every user of a shard, committed as one output file."""
 
-    def __init__(self, users: str, staging: str, model_dir: str, top_k: int, version_label: str,
+    def __init__(self, users: str, staging: str, registry: str, model: str, version: int, top_k: int,
                  batch_size: int) -> None:
         super().__init__(users, staging, batch_size)
-        self.scorer = CandidateScorer(model_dir, top_k, version_label)
+        # Through the registry URI, never the driver's local path: on another node the version is downloaded
+        # into that node's cache and verified there.
+        loaded = load_model(registry, model, version)
+        self.scorer = CandidateScorer(str(loaded.path), top_k, loaded.label)
         self.columns = ["user_id", *self.scorer.encoder.columns]
         k = self.scorer.top_k
         self.output_schema = pa.schema([("user_id", pa.int64()), ("items", pa.list_(pa.int64(), k)),
@@ -129,7 +133,8 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
     unless ``force``.
     """
     refuse_relative_paths_in_job({k: getattr(config, k) for k in ("users", "registry", "output")})
-    version = ModelRegistry(config.registry).get(config.model, config.alias)
+    registry = ModelRegistry(config.registry)
+    version = registry.get(config.model, config.alias)
     users = resolve_snapshot(config.users)
     _check_user_columns(users, FeatureEncoder.load(version.file("user_encoder.json")))
     manifest = read_manifest(config.output)
@@ -153,8 +158,8 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
     started = time.perf_counter()
     if todo:
         run_sharded(CandidateShardWorker, {
-            "users": str(users.resolve()), "staging": str(staging.resolve()), "model_dir": str(version.path.resolve()),
-            "top_k": config.top_k, "version_label": version.label, "batch_size": config.batch_size,
+            "users": str(users.resolve()), "staging": str(staging.resolve()), "registry": registry.location,
+            "model": config.model, "version": version.version, "top_k": config.top_k, "batch_size": config.batch_size,
         }, todo, config.actors)
     rows = pq.ParquetDataset(staging).read(columns=["user_id"]).num_rows
     summary = CandidateSummary(

@@ -31,7 +31,9 @@ class CandidateJobConfig(StrictModel):
     """Top-K candidate items for every user from the retriever's embeddings."""
 
     users: str = Field(description="User-feature Parquet: a file, a directory, or a directory of valid_from=… snapshots (latest is used).")
-    registry: str = Field(description="Registry root directory.")
+    registry: str = Field(
+        description="Registry root: a directory, or a URI every node reaches (s3://bucket/prefix; docs/registry-uri.md)."
+    )
     model: str = Field("retriever", description="Registry model name of the two-tower retriever.")
     alias: str = Field("production", description="Version or alias to use.")
     output: str = Field(description="Output directory; replaced atomically when the job succeeds.")
@@ -44,7 +46,9 @@ class ScoreJobConfig(StrictModel):
     """Score every entity of a Parquet dataset with a registry model, one committed output file per input file."""
 
     input: str = Field(description="Entity-feature Parquet: a file, a directory or a pyarrow filesystem URI (s3://…).")
-    registry: str = Field(description="Registry root directory or URI.")
+    registry: str = Field(
+        description="Registry root: a directory, or a URI every node reaches (s3://bucket/prefix; docs/registry-uri.md)."
+    )
     model: str = Field("user_propensity", description="Registry model name (an entity scorer: encoder + ONNX).")
     version: str = Field("production", description="Version number or alias.")
     output: str = Field(description="Output directory or URI: part-<input shard>.parquet, _rejects/, _manifest.json.")

@@ -26,6 +26,7 @@ from rayml.batch.shards import (
     ShardWorker,
     committed_outputs,
     list_shards,
+    load_model,
     refuse_relative_paths_in_job,
     resolve_fs,
     run_sharded,
@@ -88,7 +89,7 @@ class ShardScorer(ShardWorker):
     def __init__(self, config: dict[str, Any], version: int) -> None:
         self.config = ScoreJobConfig.model_validate(config)
         super().__init__(self.config.input, self.config.output, self.config.batch_size)
-        model = ModelRegistry(self.config.registry).get(self.config.model, version)  # verified, cached per node
+        model = load_model(self.config.registry, self.config.model, version)  # through the URI; cached per node
         self.label = model.label
         self.encoder = FeatureEncoder.load(model.file("encoder.json"))
         self.session = ort_session(model.file("model.onnx"), threads=self.config.ort_threads,
@@ -225,7 +226,8 @@ def score_entities(config: ScoreJobConfig) -> ScoreSummary:
     per_shard: list[dict[str, Any]] = []
     if todo:
         per_shard, stats_text = run_sharded(
-            ShardScorer, {"config": config.model_dump(), "version": version.version}, todo, config.actors
+            ShardScorer, {"config": config.model_dump() | {"registry": ModelRegistry(config.registry).location},
+                          "version": version.version}, todo, config.actors
         )
     seconds = time.perf_counter() - started
     rows_in, rows_out, rejected = _count(resolve_fs(config.input)[0], out_fs, out_root, shards)

@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from rayml.registry import ModelRegistry, ModelVersion, RegistryError
+
 LOCAL = pafs.LocalFileSystem()
 
 
@@ -181,6 +183,21 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def load_model(registry: str, model: str, version: int) -> ModelVersion:
+    """A verified model version for a worker, read through ``registry`` (its location: a URI or an absolute path).
+
+    On a remote registry the files are downloaded into this node's cache. A worker that cannot read the registry
+    (a local path that exists only on the driver's machine) raises a RegistryError naming the node.
+    """
+    try:
+        return ModelRegistry(registry).get(model, version)
+    except RegistryError as exc:
+        import ray
+
+        where = f"Ray node {ray.util.get_node_ip_address()} ({_node_id()})" if ray.is_initialized() else "this worker"
+        raise RegistryError(f"{where} cannot load {model} v{version}: {exc}") from None
 
 
 def run_sharded(worker: type[ShardWorker], kwargs: dict[str, Any], shards: list[Shard], pool: Any) -> tuple[

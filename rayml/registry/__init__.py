@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from rayml.registry.store import ArtifactCorruptError, ModelRegistry, ModelVersion, RegistryError
+from rayml.registry.store import (
+    ArtifactCorruptError,
+    ModelRegistry,
+    ModelVersion,
+    RegistryError,
+    display_uri,
+)
 
-__all__ = ["ArtifactCorruptError", "ModelRegistry", "ModelVersion", "RegistryError"]
+__all__ = ["ArtifactCorruptError", "ModelRegistry", "ModelVersion", "RegistryError", "display_uri"]

@@ -13,6 +13,12 @@ On a local filesystem a version is staged under a unique name and renamed into p
 distinct numbers and readers never see half a version. On object stores (no atomic directory rename) files are
 copied into place with ``metadata.json`` last, so an incomplete version is invisible; allocate versions and move
 aliases from one writer per model there. Alias moves are serialised with a file lock on local filesystems.
+
+A registry that workers on other nodes read (batch actors, Serve replicas) must be a URI every node reaches, e.g.
+``s3://bucket/prefix?endpoint_override=host:port&scheme=http`` (the query is pyarrow's ``from_uri`` options;
+credentials come from the standard AWS variables). Artifacts of a remote registry are downloaded once per node into
+``RAYML_CACHE_DIR`` and verified there. Every failure of the filesystem is raised as :class:`RegistryError` naming
+the URI (its secret query values masked). See docs/registry-uri.md.
 """
 
 from __future__ import annotations
@@ -21,15 +27,18 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import re
+import socket
+import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pyarrow.fs as pafs
 
@@ -37,6 +46,9 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 METADATA = "metadata.json"
 CHUNK = 1 << 20
 PROFILE_KINDS = ("training", "served")  # feature profiles kept per version (see save_profile)
+SECRET_QUERY_KEYS = frozenset({"access_key", "secret_key", "session_token", "credentials"})
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class RegistryError(Exception):
@@ -45,6 +57,37 @@ class RegistryError(Exception):
 
 class ArtifactCorruptError(RegistryError):
     """An artifact file is missing or does not match the checksum recorded at registration."""
+
+
+def display_uri(uri: str) -> str:
+    """``uri`` for messages and logs: a password in it (``s3://KEY:SECRET@bucket``) and secret query values
+    (``secret_key=…``) replaced by ``***``."""
+    head, sep, query = uri.partition("?")
+    scheme, found, rest = head.partition("://")
+    if found and "@" in rest.split("/", 1)[0]:
+        userinfo, _, after = rest.partition("@")
+        head = f"{scheme}://{userinfo.split(':', 1)[0]}:***@{after}" if ":" in userinfo else head
+    if not sep:
+        return head
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    masked = [(k, "***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs]
+    return f"{head}?{urllib.parse.urlencode(masked, safe=':/*')}"
+
+
+def _names_registry(method: Callable[P, R]) -> Callable[P, R]:
+    """Raise a filesystem failure (unreachable endpoint, missing bucket, denied access) as a RegistryError naming
+    the registry URI, so a caller (or a worker's log) says which registry failed, not just which key."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except OSError as exc:
+            registry = args[0]
+            assert isinstance(registry, ModelRegistry)
+            raise RegistryError(f"registry {registry.display_uri}: {exc}") from exc
+
+    return wrapper
 
 
 def _sha256_local(path: Path) -> str:
@@ -93,7 +136,11 @@ class ModelRegistry:
         if filesystem is not None:
             self.fs, self.base = filesystem, text.rstrip("/")
         elif "://" in text:
-            self.fs, self.base = pafs.FileSystem.from_uri(text)
+            try:
+                self.fs, self.base = pafs.FileSystem.from_uri(text)
+            except (ValueError, OSError) as exc:  # ArrowInvalid: unknown scheme or query option
+                raise RegistryError(f"invalid registry URI {display_uri(text)}: {exc}") from None
+            self.base = self.base.rstrip("/")
         else:
             self.fs, self.base = pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
         self.uri = text
@@ -103,6 +150,28 @@ class ModelRegistry:
     @property
     def root(self) -> str:
         return self.uri
+
+    @property
+    def location(self) -> str:
+        """What to hand a worker on another process or node: the URI as given, or the absolute local path."""
+        return self.uri if not self.local or "://" in self.uri else self.base
+
+    @property
+    def display_uri(self) -> str:
+        """The root for messages: secret query values masked."""
+        return display_uri(self.uri)
+
+    def _missing_root(self) -> str | None:
+        """Why the registry root cannot be found (None when it exists): names the URI, host or bucket."""
+        if self._exists(self.base):
+            return None
+        if self.local:
+            return (f"registry directory {self.base} does not exist on this machine ({socket.gethostname()}); "
+                    "workers on other nodes need a registry URI they can all reach (s3://…, gs://…)")
+        bucket = self.base.split("/", 1)[0]
+        if self.fs.type_name in ("s3", "gcs") and not self._exists(bucket):
+            return f"bucket {bucket!r} of registry {self.display_uri} does not exist"
+        return f"registry {self.display_uri} holds nothing at {self.base}"
 
     # -- filesystem helpers -------------------------------------------------------------------
     def _p(self, *parts: str | int) -> str:
@@ -128,12 +197,14 @@ class ModelRegistry:
         return self._p(name)
 
     # -- reading ------------------------------------------------------------------------------
+    @_names_registry
     def models(self) -> list[str]:
         if not self._exists(self.base):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.base))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and self._exists(self._p(i.base_name, "versions")))
 
+    @_names_registry
     def versions(self, name: str) -> list[int]:
         """Published versions (those whose metadata.json exists), ascending."""
         vdir = self._model_dir(name) + "/versions"
@@ -142,21 +213,26 @@ class ModelRegistry:
         numbers = [int(i.base_name) for i in self.fs.get_file_info(pafs.FileSelector(vdir)) if i.base_name.isdigit()]
         return sorted(n for n in numbers if self._exists(f"{vdir}/{n}/{METADATA}"))
 
+    @_names_registry
     def aliases(self, name: str) -> dict[str, int]:
         path = self._model_dir(name) + "/aliases.json"
         return json.loads(self._read_text(path)) if self._exists(path) else {}
 
+    @_names_registry
     def alias_history(self, name: str) -> list[dict[str, Any]]:
         path = self._model_dir(name) + "/alias_history.jsonl"
         if not self._exists(path):
             return []
         return [json.loads(line) for line in self._read_text(path).splitlines() if line.strip()]
 
+    @_names_registry
     def resolve(self, name: str, ref: str | int) -> int:
         """Version number for ``ref``: an int, ``"3"``, ``"v3"``, ``"latest"`` or an alias."""
         versions = self.versions(name)
         if not versions:
-            raise RegistryError(f"model {name!r} has no versions in registry {self.uri}")
+            missing = self._missing_root()
+            why = f": {missing}" if missing else ""
+            raise RegistryError(f"model {name!r} has no versions in registry {self.display_uri}{why}")
         text = str(ref)
         if text == "latest":
             return versions[-1]
@@ -170,6 +246,7 @@ class ModelRegistry:
             raise RegistryError(f"{name}: no alias {text!r} (aliases: {sorted(aliases) or 'none'})")
         return aliases[text]
 
+    @_names_registry
     def metadata(self, name: str, ref: str | int) -> dict[str, Any]:
         """Metadata of a version without touching its artifacts."""
         number = self.resolve(name, ref)
@@ -179,6 +256,7 @@ class ModelRegistry:
         except (OSError, ValueError) as exc:
             raise ArtifactCorruptError(f"{name} v{number}: unreadable {METADATA} ({exc})") from None
 
+    @_names_registry
     def get(self, name: str, ref: str | int = "production", verify: bool = True) -> ModelVersion:
         """A version with its files available locally; checksums verified unless ``verify=False``."""
         meta = self.metadata(name, ref)
@@ -204,15 +282,24 @@ class ModelRegistry:
             target = local_dir / fname
             if target.is_file() and _sha256_local(target) == checksum:
                 continue
+            # Several actors of one node may download the same version at once: each writes its own temporary
+            # file and renames it into place, so a reader sees no file or a whole one, never a half-written one.
+            partial = local_dir / f".{fname}.{uuid.uuid4().hex[:8]}.part"
             try:
-                with self.fs.open_input_stream(f"{remote_dir}/{fname}") as src, target.open("wb") as dst:
+                with self.fs.open_input_stream(f"{remote_dir}/{fname}") as src, partial.open("wb") as dst:
                     while block := src.read(CHUNK):
                         dst.write(block)
+                os.replace(partial, target)
             except FileNotFoundError:
-                raise ArtifactCorruptError(f"{name} v{number}: artifact {fname} is missing") from None
+                raise ArtifactCorruptError(
+                    f"{name} v{number}: artifact {fname} is missing in registry {self.display_uri}"
+                ) from None
+            finally:
+                partial.unlink(missing_ok=True)
         return local_dir
 
     # -- writing ------------------------------------------------------------------------------
+    @_names_registry
     def register(self, name: str, files: Mapping[str, str | Path], metadata: Mapping[str, Any]) -> ModelVersion:
         """Copy local ``files`` into a new immutable version and return it (verified)."""
         for fname in files:
@@ -267,6 +354,7 @@ class ModelRegistry:
         self._write_atomic(f"{final}/{METADATA}", text)  # last: the version becomes visible here
         return True
 
+    @_names_registry
     def set_alias(self, name: str, alias: str, ref: str | int, reason: str = "", evidence: str | None = None) -> int:
         """Point ``alias`` at a version atomically and append the move to the history (with the id of the evidence
         behind it, when a rollout controller made the move)."""
@@ -304,6 +392,7 @@ class ModelRegistry:
         except (OSError, ValueError):
             return {}  # a damaged record only costs the fallback, never the serving
 
+    @_names_registry
     def record_serving(self, name: str, alias: str, version: int, error: str | None = None) -> None:
         """A server loaded ``version`` for ``alias`` (it becomes the alias's last known-good one), or refused it.
 
@@ -338,6 +427,7 @@ class ModelRegistry:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    @_names_registry
     def rollback(self, name: str, alias: str) -> int:
         """Point ``alias`` back to the version it had before its latest move; returns that version."""
         current = self.aliases(name).get(alias)
@@ -359,6 +449,7 @@ class ModelRegistry:
         number = self.resolve(name, version)
         return number, f"{self._model_dir(name)}/profiles/{number}"
 
+    @_names_registry
     def save_profile(self, name: str, version: str | int, kind: str, data: bytes,
                      meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Store a serialized feature profile of ``kind`` for a published version and make it current.
@@ -390,6 +481,7 @@ class ModelRegistry:
             self._write_atomic(f"{pdir}/current.json", json.dumps(current, indent=1, sort_keys=True))
         return entry
 
+    @_names_registry
     def profiles(self, name: str, version: str | int) -> dict[str, dict[str, Any]]:
         """The current profile per kind of a version: ``{kind: {"file", "sha256", "created_at", "meta"}}``."""
         number, pdir = self._profile_dir(name, version)
@@ -401,6 +493,7 @@ class ModelRegistry:
         except (OSError, ValueError) as exc:
             raise ArtifactCorruptError(f"{name} v{number}: unreadable profiles/current.json ({exc})") from None
 
+    @_names_registry
     def load_profile(self, name: str, version: str | int, kind: str) -> bytes:
         """Bytes of the current profile of ``kind``, verified against the checksum recorded when saved."""
         number, pdir = self._profile_dir(name, version)

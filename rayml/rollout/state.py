@@ -14,6 +14,10 @@ Operator commands (CLI, admin API) override the controller and are applied witho
 
 Files are local (or on a shared POSIX filesystem with working ``flock``); writes go to a temp file and are
 renamed into place, so readers (every serving replica, each poll) never see half a file.
+
+**Registry URIs** (``s3://…``): an object store has no ``flock``, so the lease's fencing cannot be kept there. A store
+over a URI registry holds no rollout (reads find none); every write raises :class:`RolloutStoreUnsupported`, which
+names the URI. Run rollouts with the registry on a shared POSIX filesystem (docs/registry-uri.md).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from rayml.registry import display_uri
 from rayml.rollout.router import CanaryWeights
 
 Status = Literal["Progressing", "Paused", "Healthy", "Degraded", "Aborted"]
@@ -36,6 +41,10 @@ ACTIVE: tuple[Status, ...] = ("Progressing", "Paused")
 
 class LeaseLost(RuntimeError):
     """A controller tried to write with a token that is no longer the lease's."""
+
+
+class RolloutStoreUnsupported(RuntimeError):
+    """A rollout write on a registry URI (an object store): the lease needs a file lock it cannot have there."""
 
 
 class RolloutConflict(RuntimeError):
@@ -97,17 +106,29 @@ class RolloutStore:
     """The rollout files of one model under a registry root."""
 
     def __init__(self, registry_root: str | Path, model: str) -> None:
+        self.root = str(registry_root)
+        self.remote = "://" in self.root  # never a local directory named "s3:" (Path would make one)
         self.dir = Path(registry_root) / "_rollout" / model
         self.model = model
 
+    def _refuse_remote(self) -> None:
+        if self.remote:
+            raise RolloutStoreUnsupported(
+                f"registry {display_uri(self.root)} is a URI: rollouts need the registry on a filesystem with "
+                "file locks (the lease's fencing token), e.g. a local or shared POSIX directory; see docs/registry-uri.md"
+            )
+
     # -- files --------------------------------------------------------------------------------
     def _write(self, path: Path, data: Any) -> None:
+        self._refuse_remote()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_jsonable))
         os.replace(tmp, path)
 
     def _read(self, path: Path) -> Any:
+        if self.remote:
+            return None  # nothing can have been written there (see _refuse_remote)
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
@@ -115,6 +136,7 @@ class RolloutStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        self._refuse_remote()
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / ".lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -195,7 +217,8 @@ class RolloutStore:
 
     def shadow_reports(self) -> dict[str, Any]:
         folder = self.dir / "shadow_reports"
-        return {p.stem: self._read(p) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+        return {p.stem: self._read(p) for p in sorted(folder.glob("*.json"))} if folder.exists() and not self.remote \
+            else {}
 
     def shadow_agreement(self) -> float | None:
         """Overlap@k over every replica's qualifying windows, weighted by their requests (None: not enough)."""

@@ -7,6 +7,7 @@ Connection problems raise :class:`OnlineStoreUnavailable`, which callers turn in
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -68,6 +69,20 @@ class RedisOnlineStore:
 
     def lookup(self, view: str, ids: np.ndarray, features: list[str] | None = None) -> Lookup:
         """Values for ``ids`` in one round trip (MGET); unknown or expired ids get NaN/None and ``found=False``."""
+        keys = self.row_keys(view, ids)
+        try:
+            raw = self.client.mget(keys)
+        except self.errors as exc:
+            raise OnlineStoreUnavailable(f"{self.address}: {exc}") from None
+        return self.decode_rows(view, raw, features)
+
+    def row_keys(self, view: str, ids: np.ndarray) -> list[str]:
+        """The keys holding ``ids``' rows of ``view``: to fetch them inside another pipeline (see
+        :meth:`decode_rows`)."""
+        return [self._key(view, int(i)) for i in np.asarray(ids)]
+
+    def decode_rows(self, view: str, raw: list[Any], features: list[str] | None = None) -> Lookup:
+        """The :class:`Lookup` of rows fetched by the keys of :meth:`row_keys` (None: unknown or expired)."""
         columns = self.columns(view)
         wanted = features or columns
         index = []
@@ -75,11 +90,6 @@ class RedisOnlineStore:
             if name not in columns:
                 raise KeyError(f"view {view!r} has no feature {name!r}")
             index.append(columns.index(name))
-        ids = np.asarray(ids)
-        try:
-            raw = self.client.mget([self._key(view, int(i)) for i in ids])
-        except self.errors as exc:
-            raise OnlineStoreUnavailable(f"{self.address}: {exc}") from None
         found = np.array([r is not None for r in raw], dtype=bool)
         rows = [msgpack.unpackb(r) if r is not None else None for r in raw]
         out = {}

@@ -78,7 +78,20 @@ class RecommenderArgs(StrictModel):
     precision: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="auto = the version's int8 artifact when it has one, else fp32."
     )
-    candidates: str = Field(description="Output directory of the candidate job.")
+    candidates_store: Literal["parquet", "online"] = Field(
+        "parquet",
+        description="parquet: every replica loads the candidate job's output (`candidates`) into memory (the demo "
+        "default; memory grows with users); online: each request reads the user's candidates from the Redis "
+        "online store's candidate view (`candidates_view`, written by batch_jobs/materialize_candidates.py) in the "
+        "same round trip as the user's features, and replicas follow each newly published run.",
+    )
+    candidates: str | None = Field(
+        None, description="Output directory of the candidate job (needed with candidates_store: parquet)."
+    )
+    candidates_view: str = Field(
+        "candidates", pattern=r"^[A-Za-z0-9_.-]+$", max_length=64,
+        description="Name of the candidate view in the online store (candidates_store: online).",
+    )
     features: str = Field(description="Feature repo YAML; its `online_store.type` picks embedded or redis.")
     feature_state: str = Field(description="Materialization state dir (the embedded store's snapshots).")
     user_view: str = Field("user_profile", description="Feature view of the ranker's user features.")
@@ -126,6 +139,13 @@ class RecommenderArgs(StrictModel):
             raise ValueError(f"default_k={self.default_k} must be <= max_k={self.max_k}")
         return self
 
+    @model_validator(mode="after")
+    def _candidates_source(self) -> RecommenderArgs:
+        if self.candidates_store == "parquet" and self.candidates is None:
+            raise ValueError("candidates: required with candidates_store: parquet (the candidate job's output "
+                             "directory); or set candidates_store: online")
+        return self
+
 
 def load_serving_repo(args: RecommenderArgs) -> FeatureRepo:
     """The feature repo named by ``args.features``, checked against the views the ranker reads.
@@ -138,6 +158,13 @@ def load_serving_repo(args: RecommenderArgs) -> FeatureRepo:
         view = getattr(args, field)
         if view not in repo.views:
             raise ConfigError(f"{args.features}: no view {view!r} (args.{field}); views: {sorted(repo.views)}")
+    if args.candidates_store == "online":
+        if repo.online_store.type != "redis":
+            raise ConfigError(f"args.candidates_store: online needs a Redis online store; {args.features} has "
+                              f"online_store.type {repo.online_store.type!r}")
+        if args.candidates_view in repo.views:
+            raise ConfigError(f"args.candidates_view: {args.candidates_view!r} is a feature view of {args.features}; "
+                              "the candidate view needs its own name")
     rules = args.filters
     if rules.max_per_category is not None and rules.category_feature not in repo.views[args.item_view].features:
         raise ConfigError(f"args.filters.category_feature: view {args.item_view!r} of {args.features} has no feature "

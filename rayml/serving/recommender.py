@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rayml.features.candidates import RedisCandidates
 from rayml.features.definitions import FeatureRepo
 from rayml.features.encoding import FeatureEncoder
 from rayml.features.event_log import append_events
 from rayml.features.feature_log import FeatureLogger
 from rayml.features.online import Lookup
 from rayml.features.realtime import Events
-from rayml.features.redis_store import OnlineStoreUnavailable
+from rayml.features.redis_store import OnlineStoreUnavailable, RedisOnlineStore
 from rayml.features.service import OnlineFeatures
 from rayml.registry import ModelRegistry
 from rayml.serving.config import RecommenderArgs
@@ -108,7 +109,7 @@ class RecommenderCore:
         self.features = OnlineFeatures(repo, args.feature_state, views=[args.user_view, args.item_view])
         self.lookup = FeatureLookup(self.features, args.user_view, args.item_view)
         retriever = CandidateRetrieval.load_retriever(registry, args.retriever_model, args.retriever_alias)
-        self.retrieval = CandidateRetrieval(args.candidates, self.features, args.user_view, retriever)
+        self.retrieval = CandidateRetrieval(self._candidates(), self.features, args.user_view, retriever)
         self.ranking = Ranking(
             registry, args.ranker_model, args.ranker_alias, args.ranker_aliases, args.precision,
             {v: repo.views[v].features for v in (args.user_view, args.item_view)}, sessions=args.plan == "fused",
@@ -119,14 +120,23 @@ class RecommenderCore:
         self.largest_batch = 0  # most requests answered by one recommend_many call (dynamic batching)
         self.taps: dict[str, Callable[[Prepared], None]] = {}  # see every scored request (shadow, monitoring)
 
+    def _candidates(self) -> str | RedisCandidates:
+        """Where batch candidates come from (``args.candidates_store``): the job's output, or the store's view."""
+        if self.args.candidates_store == "parquet":
+            assert self.args.candidates is not None  # RecommenderArgs checks it
+            return self.args.candidates
+        store = self.features.store
+        assert isinstance(store, RedisOnlineStore)  # load_serving_repo checks it
+        return RedisCandidates(store, self.args.candidates_view)
+
     def _encode_items(self, encoder: FeatureEncoder) -> EncodedItems | None:
         """Every candidate item's encoded row for ``encoder`` (items retrieval can return: the batch candidates'
         and the retriever's); None while the online store is down (requests then encode their own rows)."""
-        sources = [self.retrieval.items.ravel()]
-        if self.retrieval.retriever is not None:
-            sources.append(self.retrieval.retriever.item_ids)
-        ids = np.unique(np.concatenate(sources).astype(np.int64))
         try:
+            sources = [self.retrieval.item_ids()]
+            if self.retrieval.retriever is not None:
+                sources.append(self.retrieval.retriever.item_ids)
+            ids = np.unique(np.concatenate(sources).astype(np.int64))
             lookup = self.features.get(self.args.item_view, ids, encoder.columns)
         except OnlineStoreUnavailable:
             return None
@@ -183,7 +193,8 @@ class RecommenderCore:
         item_ids = candidates.item_ids
         try:
             logged = self.logger is not None and self.logger.sampled()
-            lookups = self.lookup.lookup(call.user_id, item_ids, now, realtime=logged or call.explain)
+            lookups = self.lookup.lookup(call.user_id, item_ids, now, realtime=logged or call.explain,
+                                         user=candidates.user)
             clicked = self.lookup.recently_clicked(call.user_id) if self.filtering.needs_clicks else None
         except OnlineStoreUnavailable:
             if candidates.source != "batch":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayml.features import FeatureEncoder
+from rayml.features.candidates import RedisCandidates
 from rayml.features.online import Lookup
 from rayml.features.service import OnlineFeatures
 from rayml.inference import ort_session
@@ -40,11 +42,16 @@ class UnknownAliasError(KeyError):
 
 @dataclass(frozen=True)
 class Candidates:
-    """One user's candidates: ``source`` is ``batch`` (precomputed by the candidate job) or ``realtime``."""
+    """One user's candidates: ``source`` is ``batch`` (precomputed by the candidate job) or ``realtime``.
+
+    ``user``: the user's row of the user view when it was fetched together with the candidates (the online
+    candidate view: one round trip for both), so the feature lookup does not fetch it again.
+    """
 
     item_ids: np.ndarray
     retrieval_scores: np.ndarray
     source: str
+    user: Lookup | None = None
 
 
 @dataclass(frozen=True)
@@ -58,23 +65,78 @@ class LoadedRetriever:
     item_ids: np.ndarray  # [I]
 
 
-class CandidateRetrieval:
-    """Batch candidates in memory (sorted by user id); two-tower retrieval at request time for users they miss."""
+class CandidateTable:
+    """The candidate job's output in memory, sorted by user id: [Uc, K] items and scores (``parquet`` store)."""
 
-    def __init__(self, candidates: str, features: OnlineFeatures, user_view: str,
-                 retriever: AliasFollower[LoadedRetriever] | None) -> None:
-        table = pq.read_table(candidates, columns=["user_id", "items", "scores"])
+    def __init__(self, path: str) -> None:
+        """Raises: FileNotFoundError (naming ``path``), ValueError (not the job's schema)."""
+        if not Path(path).exists():
+            raise FileNotFoundError(f"candidates {path} does not exist (args.candidates); run "
+                                    "batch_jobs/generate_candidates.py first")
+        table = pq.read_table(path, columns=["user_id", "items", "scores"])
         table = table.take(pc.sort_indices(table, [("user_id", "ascending")]))
         items_type = table.schema.field("items").type
         if not pa.types.is_fixed_size_list(items_type):
-            raise ValueError(f"candidates {candidates}: column 'items' is {items_type}, expected a fixed-size list")
+            raise ValueError(f"candidates {path}: column 'items' is {items_type}, expected a fixed-size list")
         self.size = items_type.list_size
         self.user_ids = table["user_id"].to_numpy()
         self.items = table["items"].combine_chunks().flatten().to_numpy().reshape(-1, self.size)  # [Uc, K]
         self.scores = table["scores"].combine_chunks().flatten().to_numpy().reshape(-1, self.size)  # [Uc, K]
+
+    def get(self, user_id: int) -> tuple[np.ndarray, np.ndarray] | None:
+        pos = int(np.searchsorted(self.user_ids, user_id))
+        if pos >= len(self.user_ids) or self.user_ids[pos] != user_id:
+            return None
+        return self.items[pos], self.scores[pos]
+
+    def item_ids(self) -> np.ndarray:
+        return np.unique(self.items)
+
+
+class CandidateRetrieval:
+    """Batch candidates (in memory, or the online store's candidate view); two-tower retrieval at request time
+    for users they miss.
+
+    ``candidates``: the candidate job's output directory (loaded into memory here, the ``parquet`` store), or a
+    :class:`rayml.features.candidates.RedisCandidates` view (the ``online`` store: each retrieval reads the
+    user's candidates and user-view row in one Redis round trip, and nothing here grows with the users).
+    """
+
+    def __init__(self, candidates: str | RedisCandidates, features: OnlineFeatures, user_view: str,
+                 retriever: AliasFollower[LoadedRetriever] | None) -> None:
+        self.table = CandidateTable(candidates) if isinstance(candidates, str) else None
+        self.online = None if isinstance(candidates, str) else candidates
         self.features = features
         self.user_view = user_view
         self.follower = retriever
+
+    @property
+    def size(self) -> int:
+        """K, the candidates a user has (and real-time retrieval returns)."""
+        return self.table.size if self.table is not None else self._online.top_k
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self._table.user_ids
+
+    @property
+    def items(self) -> np.ndarray:
+        return self._table.items
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self._table.scores
+
+    @property
+    def _table(self) -> CandidateTable:
+        if self.table is None:
+            raise AttributeError("candidates live in the online store (candidates_store: online); no table here")
+        return self.table
+
+    @property
+    def _online(self) -> RedisCandidates:
+        assert self.online is not None
+        return self.online
 
     @property
     def retriever(self) -> LoadedRetriever | None:
@@ -97,14 +159,39 @@ class CandidateRetrieval:
 
         return AliasFollower(registry, model, alias, load)
 
-    def batch(self, user_id: int) -> Candidates | None:
-        pos = int(np.searchsorted(self.user_ids, user_id))
-        if pos >= len(self.user_ids) or self.user_ids[pos] != user_id:
-            return None
-        return Candidates(self.items[pos], self.scores[pos], "batch")
+    def item_ids(self) -> np.ndarray:
+        """Every item the batch candidates hold (sorted, unique), e.g. to pre-encode their rows.
 
-    def realtime(self, user_id: int, k: int) -> Candidates:
-        """Top-``k`` items by two-tower score on the user's online features.
+        Raises:
+            OnlineStoreUnavailable: the store is down (online view).
+        """
+        if self.table is not None:
+            return self.table.item_ids()
+        return self.features._guarded(self._online.item_ids)
+
+    def batch(self, user_id: int) -> Candidates | None:
+        """The user's batch candidates; None when the candidate job did not cover the user.
+
+        Raises:
+            OnlineStoreUnavailable: the store is down (online view).
+            CandidateEncodingError: the stored value is malformed (online view; the message names the key).
+        """
+        found = self._fetch(user_id)
+        return found if found is not None and found.source == "batch" else None
+
+    def _fetch(self, user_id: int) -> Candidates | None:
+        """Batch candidates, or (online view, user not in it) an empty ``realtime`` shell carrying the user's row."""
+        if self.table is not None:
+            row = self.table.get(user_id)
+            return None if row is None else Candidates(row[0], row[1], "batch")
+        view = self._online
+        row, user = self.features._guarded(lambda: view.fetch(user_id, self.user_view))
+        if row is None:
+            return Candidates(np.empty(0, np.int64), np.empty(0, np.float32), "realtime", user)
+        return Candidates(row[0], row[1], "batch", user)
+
+    def realtime(self, user_id: int, k: int, user: Lookup | None = None) -> Candidates:
+        """Top-``k`` items by two-tower score on the user's online features (``user``: its row, when fetched).
 
         Raises:
             UnknownUserError: no retriever is served, or the feature store does not know the user either.
@@ -113,7 +200,8 @@ class CandidateRetrieval:
         retriever = self.retriever
         if retriever is None:
             raise UnknownUserError(user_id)
-        user = self.features.get(self.user_view, np.array([user_id]))
+        if user is None:
+            user = self.features.get(self.user_view, np.array([user_id]))
         if user.missing:
             raise UnknownUserError(user_id)
         x = retriever.user_encoder.transform_columns(user.columns, n=1)
@@ -121,11 +209,14 @@ class CandidateRetrieval:
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
-        return Candidates(retriever.item_ids[top], scores[top], "realtime")
+        return Candidates(retriever.item_ids[top], scores[top], "realtime", user)
 
     def retrieve(self, user_id: int) -> Candidates:
         """The user's batch candidates, or real-time ones for a user the batch job missed (e.g. a new user)."""
-        return self.batch(user_id) or self.realtime(user_id, self.size)
+        found = self._fetch(user_id)
+        if found is not None and found.source == "batch":
+            return found
+        return self.realtime(user_id, self.size, None if found is None else found.user)
 
 
 # ----- feature lookup -----
@@ -141,15 +232,17 @@ class FeatureLookup:
         self.user_key = features.key_of_view(user_view)
         self.item_key = features.key_of_view(item_view)
 
-    def lookup(self, user_id: int, item_ids: np.ndarray, now: float, realtime: bool = True) -> dict[str, Lookup]:
+    def lookup(self, user_id: int, item_ids: np.ndarray, now: float, realtime: bool = True,
+               user: Lookup | None = None) -> dict[str, Lookup]:
         """Batch views always; with ``realtime`` the windows too (the ranker does not read them yet: they are
-        fetched for the served-feature log and ``explain``).
+        fetched for the served-feature log and ``explain``). ``user``: the user's row when retrieval already
+        fetched it (not fetched again).
 
         Raises:
             OnlineStoreUnavailable: the store is down.
         """
         lookups = {
-            self.user_view: self.features.get(self.user_view, np.array([user_id])),
+            self.user_view: user if user is not None else self.features.get(self.user_view, np.array([user_id])),
             self.item_view: self.features.get(self.item_view, item_ids),
         }
         windows = self.features.repo.realtime

@@ -245,6 +245,17 @@ def _ks_result(det: KS, feature: str, d: float, p: float, n_mr: int, n_mc: int) 
     return DriftResult(feature, "ks", d, p, det.threshold, p < det.threshold, extra)
 
 
+def holm(pvals: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Holm's step-down correction → (reject, adjusted p-values), equal to statsmodels' ``multipletests(…,
+    method="holm")``, which runs a full ``gc.collect()`` on every call (0.2 s per window in a busy process)."""
+    order = np.argsort(pvals, kind="stable")
+    m = len(pvals)
+    stepped = np.maximum.accumulate(np.minimum(1.0, pvals[order] * np.arange(m, 0, -1)))
+    adjusted = np.empty(m, dtype=np.float64)
+    adjusted[order] = stepped
+    return adjusted <= alpha, adjusted
+
+
 def _correct(features: list[FeatureDrift], alpha: float, correction: Correction) -> tuple[bool, int]:
     """Correct every p-value of ``features`` as one family, in place → (family drifted, n tests)."""
     index = [(i, j) for i, f in enumerate(features) for j, r in enumerate(f.results) if r.p_value is not None]
@@ -253,7 +264,10 @@ def _correct(features: list[FeatureDrift], alpha: float, correction: Correction)
     if not index:
         return False, 0
     pvals = np.array([features[i].results[j].p_value for i, j in index], dtype=np.float64)
-    reject, adjusted, _, _ = multipletests(pvals, alpha=alpha, method=correction)
+    if correction == "holm":
+        reject, adjusted = holm(pvals, alpha)
+    else:
+        reject, adjusted, _, _ = multipletests(pvals, alpha=alpha, method=correction)
     for (i, j), rej, adj in zip(index, reject, adjusted, strict=True):
         features[i].adjusted_p_values[j] = float(adj)
         features[i].drifted = features[i].drifted or bool(rej)

@@ -84,6 +84,25 @@ class WorldParams:
         match = np.einsum("nd,nd->n", eff, item_vecs)
         return self.time_logit(t_days) + self.config.click.taste_scale * match + user_bias + item_bias
 
+    def model_logit(
+        self,
+        tastes: np.ndarray,
+        user_bias: np.ndarray,
+        item_vecs: np.ndarray,
+        item_bias: np.ndarray,
+        t_days: np.ndarray,
+    ) -> np.ndarray:
+        """The click logit of a model fitted on the features before any drift, for aligned rows. [n].
+
+        Such a model sees what the observed features carry (covariate drift moves tastes and features
+        together, so it stays right) and nothing else: no concept rotation, no intercept change, and
+        seasonality at its mean of zero. Its probabilities are what a perfect pre-drift ranker serves.
+        """
+        cov = self.config.drift.covariate
+        shifted = self.shifted_tastes(tastes, cov.enabled & (t_days >= cov.start_day))
+        match = np.einsum("nd,nd->n", shifted, item_vecs)
+        return self.config.click.base_logit + self.config.click.taste_scale * match + user_bias + item_bias
+
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function."""

@@ -92,6 +92,17 @@ class World:
         tastes = table["taste"].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
         return tastes, table["bias"].to_numpy()
 
+    def model_score(self, user_ids: np.ndarray, item_ids: np.ndarray, t_days: np.ndarray) -> np.ndarray:
+        """Click probability a model fitted on the features before any drift gives aligned (user, item, time)
+        rows: it follows covariate drift (the features carry it) and misses concept, intercept and seasonal
+        changes. The monitoring benchmarks serve it as the "production model". [n]."""
+        tastes, user_bias = self._user_truth
+        vecs, item_bias = self._item_truth
+        user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
+        logit = self.params.model_logit(tastes[user_ids], user_bias[user_ids], vecs[item_ids], item_bias[item_ids],
+                                        np.asarray(t_days, dtype=np.float64))
+        return sigmoid(logit)
+
     def relevance(self, user_ids: np.ndarray, item_ids: np.ndarray, t_days: float | None = None) -> np.ndarray:
         """True click probability of every (user, item) pair at time ``t_days``. [n_users, n_items].
 

@@ -426,3 +426,15 @@ def test_false_alarm_rate_simulation_matches_exact() -> None:
     fires = sum(alarm.run(decisions.tolist()))
     f_sim, _ = _simulate(0.3, 2, 3, 500, 1, 5)
     assert f_sim[0] == fires
+
+
+def test_holm_equals_statsmodels():
+    from rayml.monitoring.presets import holm
+
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 7, 64, 300):
+        raw = np.concatenate([rng.uniform(0, 1, m - m // 3), rng.uniform(0, 1e-4, m // 3)])
+        raw[: m // 5] = raw[-1]  # ties
+        reject, adjusted = holm(raw, alpha=0.01)
+        expected_reject, expected, _, _ = multipletests(raw, alpha=0.01, method="holm")
+        assert np.allclose(adjusted, expected, rtol=0, atol=1e-15) and (reject == expected_reject).all()

@@ -1,0 +1,162 @@
+"""What ``rayml deploy render`` refuses before it writes anything: configs that cannot work on the cluster.
+
+- A Serve config that Ray's own ``ServeDeploySchema`` rejects (or whose recommender args do not validate).
+- A GPU deployment (``num_gpus > 0`` in the Serve config) or a GPU job with no worker group of role ``gpu``.
+- A job pinned to spot capacity (custom resource ``spot``) with no worker group of role ``spot``.
+- A secret written in plain text: in the deploy spec (:class:`~rayml.deploy.spec.Secrets` refuses it) or as an
+  environment variable with a secret-like name in the Serve config's ``runtime_env``.
+
+Every error names the file and the key, and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rayml.batch.config import CandidateJobConfig, ScoreJobConfig
+from rayml.config import ConfigError, format_validation_error, load_config
+from rayml.deploy.spec import DeploySpec, GroupRole, Job
+from rayml.models.distill_config import DistillConfig
+
+JOB_SCHEMAS: dict[str, type[BaseModel]] = {
+    "score": ScoreJobConfig,
+    "candidates": CandidateJobConfig,
+    "distill": DistillConfig,
+}
+JOB_ENTRYPOINTS = {  # the thin script each kind of job runs (batch_jobs/*.py)
+    "score": "batch_jobs/score_entities.py",
+    "candidates": "batch_jobs/generate_candidates.py",
+    "distill": "batch_jobs/distill.py",
+}
+RECOMMENDER_IMPORT_PATH = "serve_apps.recommender:app_builder"
+_SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|PRIVATE_KEY|CREDENTIAL)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which worker groups a workload needs, with the key that asks for each (for the error message)."""
+
+    gpu: str | None = None
+    spot: str | None = None
+
+    def asks(self) -> list[tuple[GroupRole, str]]:
+        """(role, the key that asks for it) for each group needed."""
+        pairs: list[tuple[GroupRole, str | None]] = [("gpu", self.gpu), ("spot", self.spot)]
+        return [(role, key) for role, key in pairs if key is not None]
+
+    def roles(self) -> list[GroupRole]:
+        return [role for role, _ in self.asks()]
+
+
+def load_serve_config(spec: DeploySpec, spec_path: Path, repo: Path) -> tuple[Path, str, dict[str, Any]]:
+    """The Serve config's path, text and parsed mapping, after Ray's ``ServeDeploySchema`` accepted it.
+
+    Raises:
+        ConfigError: the file is missing, or Ray's schema or the recommender's args reject it (file and key named).
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    from rayml.serving.config import RecommenderArgs
+
+    path = repo / spec.serve_config
+    if not path.is_file():
+        raise ConfigError(f"{spec_path}: key 'serve_config': {spec.serve_config} is not a file")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+        schema = ServeDeploySchema.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{spec.serve_config}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(spec.serve_config, ServeDeploySchema, exc)) from None
+    for i, app in enumerate(schema.applications):
+        if app.import_path == RECOMMENDER_IMPORT_PATH:
+            try:
+                RecommenderArgs.model_validate(app.args)
+            except ValidationError as exc:
+                where = f"{spec.serve_config}: applications.{i}.args"
+                raise ConfigError(format_validation_error(where, RecommenderArgs, exc)) from None
+    _refuse_plain_text_env(raw, spec.serve_config)
+    return path, text, raw
+
+
+def _refuse_plain_text_env(raw: dict[str, Any], source: str) -> None:
+    """A token or password set as a literal env var in a ``runtime_env`` would sit in the manifest."""
+    places: list[tuple[str, Any]] = [("runtime_env", raw.get("runtime_env"))]
+    for i, app in enumerate(raw.get("applications") or []):
+        places.append((f"applications.{i}.runtime_env", app.get("runtime_env")))
+        for j, dep in enumerate(app.get("deployments") or []):
+            places.append((f"applications.{i}.deployments.{j}.ray_actor_options.runtime_env",
+                           (dep.get("ray_actor_options") or {}).get("runtime_env")))
+    for key, runtime_env in places:
+        for name, value in ((runtime_env or {}).get("env_vars") or {}).items():
+            if _SECRET_NAME.search(name) and value:
+                raise ConfigError(
+                    f"{source}: key '{key}.env_vars.{name}': a secret written in plain text; serve configs end up "
+                    "in manifests and logs: mount it from a Kubernetes Secret (configs/deploy: secrets) instead"
+                )
+
+
+def serve_needs(raw: dict[str, Any], source: str) -> Needs:
+    """GPU and spot needs of the Serve config's deployments."""
+    gpu = spot = None
+    for i, app in enumerate(raw.get("applications") or []):
+        for j, dep in enumerate(app.get("deployments") or []):
+            options = dep.get("ray_actor_options") or {}
+            key = f"{source}: key 'applications.{i}.deployments.{j}.ray_actor_options"
+            if gpu is None and float(options.get("num_gpus") or 0) > 0:
+                gpu = f"{key}.num_gpus' (deployment {dep.get('name')!r} asks for {options['num_gpus']} GPU)"
+            if spot is None and float((options.get("resources") or {}).get("spot") or 0) > 0:
+                spot = f"{key}.resources.spot' (deployment {dep.get('name')!r})"
+    return Needs(gpu=gpu, spot=spot)
+
+
+def load_job_config(job: Job, spec_path: Path, repo: Path, index: int) -> BaseModel:
+    """The job's own config through its schema (``configs/batch``, ``configs/distill`` schemas)."""
+    where = f"{spec_path}: key 'jobs.{index}'"
+    if job.entrypoint != JOB_ENTRYPOINTS[job.kind]:
+        raise ConfigError(f"{where}.entrypoint': a {job.kind!r} job runs {JOB_ENTRYPOINTS[job.kind]}, "
+                          f"got {job.entrypoint}")
+    path = repo / job.config
+    if not path.is_file():
+        raise ConfigError(f"{where}.config': {job.config} is not a file")
+    model = load_config(path, JOB_SCHEMAS[job.kind])
+    return model
+
+
+def job_needs(job: Job, config: BaseModel) -> Needs:
+    """GPU and spot needs of one job's config, naming the config file and key that asks for each."""
+    pools: list[tuple[str, Any]] = []
+    gpu = None
+    if isinstance(config, ScoreJobConfig | CandidateJobConfig):
+        pools.append(("actors", config.actors))
+    elif isinstance(config, DistillConfig):
+        pools.append(("soft_labels.actors", config.soft_labels.actors))
+        per_worker = config.scaling.resources_per_worker
+        if config.scaling.use_gpu is True or per_worker.get("GPU", 0) > 0:
+            gpu = f"{job.config}: key 'scaling.use_gpu' / 'scaling.resources_per_worker.GPU'"
+        if per_worker.get("spot", 0) > 0:
+            return Needs(gpu=gpu, spot=f"{job.config}: key 'scaling.resources_per_worker.spot'")
+    spot = None
+    for key, pool in pools:
+        if gpu is None and pool.num_gpus > 0:
+            gpu = f"{job.config}: key '{key}.num_gpus'"
+        if spot is None and pool.resources.get("spot", 0) > 0:
+            spot = f"{job.config}: key '{key}.resources.spot'"
+    return Needs(gpu=gpu, spot=spot)
+
+
+def require_groups(spec: DeploySpec, spec_path: Path, needs: Needs, what: str) -> None:
+    """Refuse a GPU or spot workload the spec has no worker group for."""
+    for role, key in needs.asks():
+        if spec.group(role) is None:
+            hint = ("GPU replicas and GPU jobs need nodes with nvidia.com/gpu" if role == "gpu"
+                    else "a job pinned to the custom resource `spot` would stay pending forever")
+            raise ConfigError(f"{key}: {what} needs a {role} group, but {spec_path} has no worker group with "
+                              f"role '{role}' (key 'workers'); {hint}")

@@ -64,6 +64,8 @@ DEFAULT_RULES = [  # the article's thresholds, shipped
     AlertRule(name="feature-drift", signal="drift.family", op=">=", threshold=1, k=2, n=3),
     AlertRule(name="auc-drop-7d", signal="performance.auc_drop", op=">", threshold=0.02, k=1, n=1,
               severity="critical"),
+    AlertRule(name="concept-drift", signal="performance.recalibration_p", op="<", threshold=0.001, k=2, n=3,
+              severity="critical"),
 ]
 
 

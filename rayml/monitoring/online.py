@@ -40,6 +40,7 @@ from pydantic import Field
 
 from rayml.config import StrictModel
 from rayml.monitoring.alerts import DEFAULT_RULES, AlertManager, AlertRule, WebhookConfig
+from rayml.monitoring.delayed import DelayedPerformance, PerformanceConfig, performance_signals
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class MonitorConfig(StrictModel):
     webhook: WebhookConfig | None = None
     state_dir: str = Field(description="Where the monitor's state survives restarts.")
     keep_results: int = Field(500, ge=1, description="Closed-window results kept in memory and on disk.")
+    performance: PerformanceConfig | None = Field(
+        None, description="Delayed-label performance and label-free estimates from the outcome log; null: off.")
 
 
 # -- replica side ---------------------------------------------------------------------------------------------
@@ -151,6 +154,8 @@ class Monitor:
         self.results: list[dict[str, Any]] = []
         self.late_rows = self.bad_rows = self.received = 0
         self.closed_until: dict[str, int] = {}  # version → first window index still open
+        self.performance = (DelayedPerformance(config.performance, config.window_s, config.grace_s)
+                            if config.performance is not None else None)
         self._load()
 
     # -- ingest ---------------------------------------------------------------------------------------
@@ -197,8 +202,26 @@ class Monitor:
             for w in closing:
                 self.closed_until[w.version] = max(self.closed_until.get(w.version, -1), w.index + 1)
         results = [self._close(w) for w in closing]
+        if self.performance is not None:
+            results += self._performance(now)
         if results:
             self._save()
+        return results
+
+    def _performance(self, now: float) -> list[dict[str, Any]]:
+        """Estimates and delayed-label results of the outcome log's newly closed or mature windows; a failure to
+        read the log is logged and retried at the next tick (the windows are not skipped)."""
+        assert self.performance is not None
+        try:
+            results = self.performance.tick(now)
+        except (OSError, ValueError) as exc:
+            logger.error("monitor: outcome log unreadable (%s: %s); retrying next tick", type(exc).__name__, exc)
+            return []
+        for result in results:
+            signals = performance_signals(result)
+            if signals:
+                result["alerts"] = [e.to_dict() for e in self.alerts.observe(result["window_end"], signals)]
+        self.results = [*self.results, *results][-self.config.keep_results:]
         return results
 
     def _close(self, window: Window) -> dict[str, Any]:
@@ -233,7 +256,8 @@ class Monitor:
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {"baselines": self.baselines, "baseline_done": self.baseline_done, "results": self.results,
-                 "closed_until": self.closed_until}
+                 "closed_until": self.closed_until,
+                 "performance": self.performance.state() if self.performance is not None else None}
         tmp = self.dir / ".monitor_state.json.tmp"
         tmp.write_text(json.dumps(state, default=_jsonable))
         tmp.replace(self.dir / "monitor_state.json")
@@ -245,6 +269,8 @@ class Monitor:
         state = json.loads(path.read_text())
         self.baselines, self.baseline_done = state["baselines"], state["baseline_done"]
         self.results, self.closed_until = state["results"], state["closed_until"]
+        if self.performance is not None and state.get("performance"):
+            self.performance.restore(state["performance"])
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

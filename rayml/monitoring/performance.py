@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import statsmodels.api as sm
 from scipy.optimize import nnls
 from scipy.stats import chi2, norm
 
@@ -540,6 +541,26 @@ def regression_metrics(
     for q, qpred in (quantiles or {}).items():
         out[f"pinball@{q:g}"] = pinball_loss(y, qpred, q)
     return out
+
+
+# ------------------------------------------------------------------------ recalibration (concept)
+
+
+def recalibration(clicked: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cox's recalibration fit ``logit P(y) = a + b·logit(p)`` → ((a, b), their covariance)."""
+    p = np.clip(score, 1e-9, 1 - 1e-9)
+    design = sm.add_constant(np.log(p) - np.log1p(-p))
+    fit = sm.Logit(clicked.astype(np.float64), design).fit(disp=0)
+    return np.asarray(fit.params), np.asarray(fit.cov_params())
+
+
+def recalibration_change(reference: tuple[np.ndarray, np.ndarray], clicked: np.ndarray,
+                         score: np.ndarray) -> tuple[float, float]:
+    """Wald χ² (2 df) of the window's recalibration (a, b) against the reference's → (χ², p-value)."""
+    params, cov = recalibration(clicked, score)
+    diff = params - reference[0]
+    chi2_stat = float(diff @ np.linalg.solve(cov + reference[1], diff))
+    return chi2_stat, float(chi2.sf(chi2_stat, df=2))
 
 
 # -------------------------------------------------------------------------------- drop rule

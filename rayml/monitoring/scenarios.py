@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import statsmodels.api as sm
-from scipy.stats import chi2, norm
+from scipy.stats import norm
 
 from rayml.monitoring.detectors import Kind
-from rayml.monitoring.performance import seasonal_baseline
+from rayml.monitoring.performance import recalibration, recalibration_change, seasonal_baseline
 from rayml.monitoring.presets import default_preset, run_preset
 from rayml.world import World
 
@@ -110,23 +109,6 @@ def world_stream(world: World) -> Stream:
 def feature_schema(frame: pd.DataFrame) -> dict[str, Kind]:
     """numeric for number columns, categorical for the rest (the served features' kinds)."""
     return {c: ("numeric" if pd.api.types.is_numeric_dtype(frame[c]) else "categorical") for c in frame.columns}
-
-
-def recalibration(clicked: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cox's recalibration fit ``logit P(y) = a + b·logit(p)`` → ((a, b), their covariance)."""
-    p = np.clip(score, 1e-9, 1 - 1e-9)
-    design = sm.add_constant(np.log(p) - np.log1p(-p))
-    fit = sm.Logit(clicked.astype(np.float64), design).fit(disp=0)
-    return np.asarray(fit.params), np.asarray(fit.cov_params())
-
-
-def recalibration_change(reference: tuple[np.ndarray, np.ndarray], clicked: np.ndarray,
-                         score: np.ndarray) -> tuple[float, float]:
-    """Wald χ² (2 df) of the window's recalibration (a, b) against the reference's → (χ², p-value)."""
-    params, cov = recalibration(clicked, score)
-    diff = params - reference[0]
-    chi2_stat = float(diff @ np.linalg.solve(cov + reference[1], diff))
-    return chi2_stat, float(chi2.sf(chi2_stat, df=2))
 
 
 @dataclass

@@ -4,9 +4,11 @@ Two date-partitioned Parquet logs (the feature store's layout: ``<path>/<log>/da
 written to a temp name and renamed):
 
 - ``requests``: one row per answered request of a running rollout: ``request_id, ts, rollout, user_id, arm,
-  model_version, status, latency_ms, items`` (the item ids served, in order). The canary's requests are all
+  model_version, status, latency_ms, items, scores`` (the item ids served, in order, and the ranker's click
+  probabilities for them; ``scores`` is null in logs written before it existed). The canary's requests are all
   logged; production's for a ``production_log_sample`` share of users (by user hash, so a logged user's totals
-  are complete). Failed requests are logged too (no items), for the error guardrail.
+  are complete). Failed requests are logged too (no items), for the error guardrail. Outside a rollout the
+  monitor's ``outcome_sample`` of users is logged with ``rollout`` empty, for delayed-label performance.
 - ``clicks``: ``request_id, ts, user_id, item_id`` from ``POST /events`` clicks that carry a ``request_id``.
 
 :meth:`OutcomeLog.gate_inputs` joins them: a click counts for an impression when it names the request, the item
@@ -41,7 +43,7 @@ logger = logging.getLogger(__name__)
 REQUESTS_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("ts", pa.float64()), ("rollout", pa.string()), ("user_id", pa.int64()),
     ("arm", pa.string()), ("model_version", pa.string()), ("status", pa.int16()), ("latency_ms", pa.float32()),
-    ("items", pa.list_(pa.int64())),
+    ("items", pa.list_(pa.int64())), ("scores", pa.list_(pa.float32())),
 ])
 CLICKS_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("ts", pa.float64()), ("user_id", pa.int64()), ("item_id", pa.int64()),
@@ -62,9 +64,9 @@ class OutcomeLogger:
         self.files_written = 0
 
     def served(self, request_id: str, ts: float, rollout: str, user_id: int, arm: str, model_version: str,
-               status: int, latency_ms: float, items: list[int]) -> None:
+               status: int, latency_ms: float, items: list[int], scores: list[float] | None = None) -> None:
         self._add("requests", (request_id, ts, rollout, int(user_id), arm, model_version, int(status),
-                               float(latency_ms), list(items)))
+                               float(latency_ms), list(items), None if scores is None else list(scores)))
 
     def clicked(self, request_id: str, ts: float, user_id: int, item_id: int) -> None:
         self._add("clicks", (request_id, ts, int(user_id), int(item_id)))
@@ -130,6 +132,38 @@ class OutcomeLog:
 
     def requests(self, rollout: str, before: float) -> pd.DataFrame:
         return self._read("requests", REQUESTS_SCHEMA, (ds.field("rollout") == rollout) & (ds.field("ts") < before))
+
+    def impressions(self, since: float, before: float, window_s: float) -> pd.DataFrame:
+        """Every served item of the requests answered in [since, before), one row each, with its label: whether
+        it was clicked within ``window_s`` (call it only for requests older than ``window_s``, i.e. mature).
+
+        Columns: ``request_id, ts, rollout, arm, model_version, user_id, position, item_id, score`` (NaN where the
+        log has no scores) ``, clicked``. Failed requests (no items) give no rows.
+        """
+        req = self._read("requests", REQUESTS_SCHEMA, (ds.field("ts") >= since) & (ds.field("ts") < before))
+        req = req[req["items"].map(len) > 0]
+        columns = ["request_id", "ts", "rollout", "arm", "model_version", "user_id", "position", "item_id", "score",
+                   "clicked"]
+        if req.empty:
+            return pd.DataFrame({c: pd.Series(dtype=np.float64 if c in ("ts", "score") else object)
+                                 for c in columns})
+        lengths = req["items"].map(len).to_numpy()
+        scores = [np.full(n, np.nan) if s is None else np.asarray(s, dtype=np.float64)
+                  for s, n in zip(req["scores"], lengths, strict=True)]
+        rows = pd.DataFrame({
+            **{c: np.repeat(req[c].to_numpy(), lengths) for c in ("request_id", "ts", "rollout", "arm",
+                                                                   "model_version", "user_id")},
+            "position": np.concatenate([np.arange(n) for n in lengths]),
+            "item_id": np.concatenate([np.asarray(i, dtype=np.int64) for i in req["items"]]),
+            "score": np.concatenate(scores),
+        })
+        clicks = self._read("clicks", CLICKS_SCHEMA, (ds.field("ts") >= since) & (ds.field("ts") < before + window_s))
+        served = rows[["request_id", "item_id", "ts"]].rename(columns={"ts": "served"})
+        joined = clicks.merge(served, on=["request_id", "item_id"], how="inner")
+        ok = (joined["ts"] >= joined["served"]) & (joined["ts"] <= joined["served"] + window_s)
+        hits = set(zip(joined.loc[ok, "request_id"], joined.loc[ok, "item_id"], strict=True))
+        rows["clicked"] = [(r, i) in hits for r, i in zip(rows["request_id"], rows["item_id"], strict=True)]
+        return rows[columns]
 
     def gate_inputs(self, rollout: str, candidate_label: str, started_at: float, stage_started_at: float,
                     now: float, window_s: float) -> JoinReport:

@@ -297,7 +297,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         finally:
             self.latency.add(time.perf_counter() - started)
         self._served(assignment, request_id, rec.user_id, rec.model_version, 200, time.perf_counter() - started,
-                     rec.items)
+                     rec.items, rec.scores)
         if rec.degraded:
             self._count_store_errors()
             self.degraded.inc()

@@ -45,6 +45,10 @@ class MonitoringServing(StrictModel):
     app: str = Field("monitor", description="Serve application of the monitor.")
     deployment: str = Field("Monitor", description="Its deployment name.")
     send_every_s: float = Field(1.0, ge=0.05, le=3600, description="At most one message per replica this often.")
+    outcome_sample: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of users (by hash) whose requests go to the outcome log outside a rollout, so the monitor "
+        "computes delayed-label performance (needs `rollout.outcomes`, the log it reuses); 0: off.")
 
 
 class RecommenderArgs(StrictModel):
@@ -137,6 +141,8 @@ class RecommenderArgs(StrictModel):
     def _k_order(self) -> RecommenderArgs:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k={self.default_k} must be <= max_k={self.max_k}")
+        if self.monitoring is not None and self.monitoring.outcome_sample > 0 and self.rollout is None:
+            raise ValueError("monitoring.outcome_sample needs rollout.outcomes: the outcome log it writes to")
         return self
 
     @model_validator(mode="after")

@@ -7,7 +7,12 @@ dashboard, Prometheus endpoint):
 - ``rayml_drift_score`` and ``rayml_drift_p_value`` {version, feature, test};
 - ``rayml_data_quality`` {version, feature, check};
 - ``rayml_alerts_firing`` {rule};
-- ``rayml_monitor_rows`` {version} (rows of the latest closed window).
+- ``rayml_monitor_rows`` {version} (rows of the latest closed window);
+- ``rayml_model_performance`` {version, metric, source}: ``source=delayed`` from labels joined in the outcome
+  log once a window is mature (ctr, ndcg@k, mrr@k, precision, recall, f1, auc, priors, recalibration slope and
+  p-value, auc_drop), ``source=estimated`` from the scores before labels (CBPE: ctr, precision, recall, f1);
+- ``rayml_model_age_seconds`` and ``rayml_training_data_age_seconds`` {version} (freshness, from the registry:
+  the version's ``created_at`` and its lineage's ``data_end``), with ``registry`` set.
 
 Tag cardinality is bounded by version × feature × test: the preset's tests are fixed per feature, and only the
 versions that serve produce rows.
@@ -15,8 +20,11 @@ versions that serve produce rows.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import threading
+import time
 from typing import Any
 
 from pydantic import Field
@@ -26,6 +34,7 @@ from ray.util import metrics
 
 from rayml.config import StrictModel
 from rayml.monitoring.online import Monitor, MonitorConfig, drift_rows
+from rayml.registry import ModelRegistry, RegistryError
 
 logger = logging.getLogger("ray.serve")
 
@@ -36,6 +45,34 @@ QUALITY_CHECKS = ("missing_rate", "out_of_range_rate", "new_category_rate", "car
 class MonitorArgs(StrictModel):
     monitor: MonitorConfig
     tick_s: float = Field(1.0, gt=0, le=3600, description="How often windows are closed and metrics exported.")
+    registry: str | None = Field(None, description="Registry root, for the freshness of the served versions.")
+
+
+class Freshness:
+    """Ages of a served version (``name:vN``) from its registry metadata; read once per version."""
+
+    def __init__(self, registry: str) -> None:
+        self.registry = ModelRegistry(registry)
+        self._stamps: dict[str, dict[str, float]] = {}
+
+    def _stamps_of(self, version: str) -> dict[str, float]:
+        if version not in self._stamps:
+            stamps: dict[str, float] = {}
+            name, _, number = version.rpartition(":v")
+            try:
+                meta = self.registry.get(name, int(number)).metadata
+                stamps["model"] = dt.datetime.fromisoformat(meta["created_at"]).timestamp()
+                data_end = (meta.get("lineage") or {}).get("data_end")
+                if data_end:
+                    stamps["data"] = dt.datetime.fromisoformat(str(data_end)).replace(tzinfo=dt.UTC).timestamp()
+            except (RegistryError, ValueError, KeyError) as exc:
+                logger.warning("monitor: no freshness for %s (%s)", version, exc)
+            self._stamps[version] = stamps
+        return self._stamps[version]
+
+    def ages(self, version: str, now: float | None = None) -> dict[str, float]:
+        now = time.time() if now is None else now
+        return {kind: now - stamp for kind, stamp in self._stamps_of(version).items()}
 
 
 class MonitorDeployment:
@@ -51,6 +88,15 @@ class MonitorDeployment:
                                      tag_keys=("version", "feature", "check"))
         self.firing = metrics.Gauge("rayml_alerts_firing", "Alerts firing now, per rule.", tag_keys=("rule",))
         self.rows = metrics.Gauge("rayml_monitor_rows", "Rows of the latest closed window.", tag_keys=("version",))
+        self.performance = metrics.Gauge(
+            "rayml_model_performance", "Model performance of the latest window: delayed labels or estimated.",
+            tag_keys=("version", "metric", "source"))
+        self.model_age = metrics.Gauge("rayml_model_age_seconds", "Age of the served version (registry created_at).",
+                                       tag_keys=("version",))
+        self.data_age = metrics.Gauge("rayml_training_data_age_seconds",
+                                      "Age of the served version's training data (lineage data_end).",
+                                      tag_keys=("version",))
+        self.freshness = Freshness(cfg.registry) if cfg.registry else None
         self.failures = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
@@ -70,6 +116,12 @@ class MonitorDeployment:
 
     def _export(self, result: dict[str, Any]) -> None:
         version = result["version"]
+        if result.get("kind") in ("performance", "estimated"):
+            self._export_performance(result)
+            return
+        if self.freshness is not None:
+            for name, value in self.freshness.ages(version).items():
+                (self.model_age if name == "model" else self.data_age).set(value, tags={"version": version})
         self.rows.set(result["rows"], tags={"version": version})
         for row in drift_rows(result):
             tags = {"version": version, "feature": row["feature"], "test": row["test"]}
@@ -83,6 +135,25 @@ class MonitorDeployment:
                 if check in QUALITY_CHECKS and value is not None:
                     self.quality.set(float(value), tags={"version": version, "feature": str(feature),
                                                          "check": str(check)})
+
+    def _export_performance(self, result: dict[str, Any]) -> None:
+        if result.get("status") != "ok":
+            return
+        version = result["version"]
+        if result["kind"] == "estimated":
+            for metric, interval in result["estimated"].items():
+                if interval["value"] is not None and math.isfinite(interval["value"]):
+                    self.performance.set(interval["value"], tags={"version": version, "metric": metric,
+                                                                  "source": "estimated"})
+            return
+        values = dict(result.get("metrics") or {})
+        recal = result.get("recalibration") or {}
+        values["recalibration_slope"] = recal.get("slope")
+        values["recalibration_p_value"] = recal.get("p_value")
+        values["auc_drop"] = (result.get("auc_drop") or {}).get("relative_drop")
+        for metric, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.performance.set(float(value), tags={"version": version, "metric": metric, "source": "delayed"})
 
     async def ingest(self, message: dict[str, Any]) -> int:
         return self.monitor.ingest(message)

@@ -22,7 +22,7 @@ from ray.util import metrics
 from rayml.config import format_validation_error
 from rayml.rollout.outcomes import OutcomeLogger
 from rayml.rollout.plan import RolloutPlan
-from rayml.rollout.router import Assignment, Router
+from rayml.rollout.router import Assignment, Router, logged
 from rayml.rollout.shadow import ShadowConfig, ShadowQueue, ShadowReport, compare_rankings
 from rayml.rollout.state import RolloutConflict, RolloutStore
 from rayml.serving.auth import TokenStore
@@ -31,6 +31,7 @@ from rayml.serving.http_api import IN_FLIGHT, SECURED, Authorization, api, respo
 from rayml.serving.recommender import Prepared, RecommenderCore
 
 logger = logging.getLogger("ray.serve")
+MONITOR_SALT = "rayml-monitor-outcomes"  # the monitor's user sample is independent of any rollout's buckets
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 2000]
 
 
@@ -62,6 +63,7 @@ class RolloutRoutes:
         self.rollout_store = RolloutStore(args.registry, args.ranker_model)
         self.rollout_id: str | None = None
         self.outcomes = OutcomeLogger(cfg.outcomes, flush_s=cfg.flush_s) if cfg is not None else None
+        self.outcome_sample = args.monitoring.outcome_sample if args.monitoring is not None else 0.0
         self.shadow: dict[str, Any] | None = None  # {"alias", "config", "report", "queue"}
         tags = ("arm", "model_version")
         self.arm_requests = metrics.Counter("rayml_arm_requests", "Requests answered, per rollout arm and version.",
@@ -135,16 +137,23 @@ class RolloutRoutes:
         return self.router.assign(user_id, time.time())
 
     def _served(self, assignment: Assignment | None, request_id: str, user_id: int, model_version: str,
-                status: int, latency_s: float, items: list[int]) -> None:
+                status: int, latency_s: float, items: list[int], scores: list[float] | None = None) -> None:
         arm = assignment.arm if assignment is not None else "production"
         tags = {"arm": arm, "model_version": model_version}
         self.arm_requests.inc(tags=tags)
         if status >= 500:
             self.arm_errors.inc(tags=tags)
         self.arm_latency.observe(latency_s * 1e3, tags=tags)
-        if assignment is not None and assignment.logged and self.outcomes is not None and self.rollout_id:
-            self.outcomes.served(request_id, time.time() - latency_s, self.rollout_id, user_id, arm, model_version,
-                                 status, latency_s * 1e3, items)
+        if self.outcomes is None:
+            return
+        if assignment is not None and assignment.logged and self.rollout_id:
+            rollout = self.rollout_id
+        elif self.outcome_sample > 0 and logged(user_id, MONITOR_SALT, self.outcome_sample):
+            rollout = ""  # the monitor's delayed-label sample, outside any rollout
+        else:
+            return
+        self.outcomes.served(request_id, time.time() - latency_s, rollout, user_id, arm, model_version, status,
+                             latency_s * 1e3, items, scores)
 
     def _clicked(self, request_id: str | None, ts: float, user_id: int, item_id: int, clicked: bool) -> None:
         if clicked and request_id is not None and self.outcomes is not None:

@@ -75,6 +75,7 @@ def load_serve_config(spec: DeploySpec, spec_path: Path, repo: Path) -> tuple[Pa
         raise ConfigError(f"{spec.serve_config}: not valid YAML: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(format_validation_error(spec.serve_config, ServeDeploySchema, exc)) from None
+    _refuse_unknown_keys(raw, spec.serve_config)
     for i, app in enumerate(schema.applications):
         if app.import_path == RECOMMENDER_IMPORT_PATH:
             try:
@@ -84,6 +85,32 @@ def load_serve_config(spec: DeploySpec, spec_path: Path, repo: Path) -> tuple[Pa
                 raise ConfigError(format_validation_error(where, RecommenderArgs, exc)) from None
     _refuse_plain_text_env(raw, spec.serve_config)
     return path, text, raw
+
+
+def _refuse_unknown_keys(raw: dict[str, Any], source: str) -> None:
+    """Ray's Serve schemas ignore unknown keys, so a misspelt option (``max_ongoing_request``) would silently
+    not apply; refused here against the same schemas' own field names."""
+    from ray.serve.schema import (
+        DeploymentSchema,
+        RayActorOptionsSchema,
+        ServeApplicationSchema,
+        ServeDeploySchema,
+    )
+
+    def check(node: Any, model: type[BaseModel], key: str) -> None:
+        extra = sorted(set(node) - set(model.model_fields)) if isinstance(node, dict) else []
+        if extra:
+            where = f"{key}.{extra[0]}" if key else extra[0]
+            raise ConfigError(f"{source}: unknown key '{where}' (Ray's {model.__name__} would ignore it); "
+                              f"allowed keys: {', '.join(sorted(model.model_fields))}")
+
+    check(raw, ServeDeploySchema, "")
+    for i, app in enumerate(raw.get("applications") or []):
+        check(app, ServeApplicationSchema, f"applications.{i}")
+        for j, dep in enumerate(app.get("deployments") or []):
+            check(dep, DeploymentSchema, f"applications.{i}.deployments.{j}")
+            check(dep.get("ray_actor_options"), RayActorOptionsSchema,
+                  f"applications.{i}.deployments.{j}.ray_actor_options")
 
 
 def _refuse_plain_text_env(raw: dict[str, Any], source: str) -> None:
@@ -119,15 +146,10 @@ def serve_needs(raw: dict[str, Any], source: str) -> Needs:
 
 def load_job_config(job: Job, spec_path: Path, repo: Path, index: int) -> BaseModel:
     """The job's own config through its schema (``configs/batch``, ``configs/distill`` schemas)."""
-    where = f"{spec_path}: key 'jobs.{index}'"
-    if job.entrypoint != JOB_ENTRYPOINTS[job.kind]:
-        raise ConfigError(f"{where}.entrypoint': a {job.kind!r} job runs {JOB_ENTRYPOINTS[job.kind]}, "
-                          f"got {job.entrypoint}")
     path = repo / job.config
     if not path.is_file():
-        raise ConfigError(f"{where}.config': {job.config} is not a file")
-    model = load_config(path, JOB_SCHEMAS[job.kind])
-    return model
+        raise ConfigError(f"{spec_path}: key 'jobs.{index}.config': {job.config} is not a file")
+    return load_config(path, JOB_SCHEMAS[job.kind])
 
 
 def job_needs(job: Job, config: BaseModel) -> Needs:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from rayml.deploy.checks import Needs
+from rayml.deploy.checks import JOB_ENTRYPOINTS, Needs
 from rayml.deploy.spec import DeploySpec, HeadGroup, Job, Pod, WorkerGroup
 from rayml.serving.ingress import IngressPorts, ingress_env
 from rayml.serving.launcher import SHUTDOWN_BOUND_S
@@ -217,7 +217,7 @@ def rayjob(spec: DeploySpec, builder: PodBuilder, job: Job, needs: Needs) -> dic
         "metadata": {"name": job.name, "namespace": spec.namespace,
                      "labels": {LABEL_APP: spec.name, "rayml.io/job": job.kind}},
         "spec": {
-            "entrypoint": f"python {spec.workdir}/{job.entrypoint} --config {spec.workdir}/{job.config}",
+            "entrypoint": f"python {spec.workdir}/{JOB_ENTRYPOINTS[job.kind]} --config {spec.workdir}/{job.config}",
             "submissionMode": SUBMISSION_MODE,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,

@@ -19,7 +19,9 @@ CLUSTER_PORTS = IngressPorts(haproxy_stats=8404, haproxy_metrics=9101, fallback_
                              direct_http_min=30000, direct_grpc_min=40000, direct_span=64)
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379
-DASHBOARD_AGENT_PORT = 52365  # the raylet's health endpoint (KubeRay's default liveness probe)
+DASHBOARD_AGENT_PORT = 52365
+NODE_HEALTH_PATH = "/api/healthz"  # Ray >= 2.53's node health on the agent port: KubeRay v1.7's default probe
+READINESS_PATH = "/v2/health/live"  # rayml.serving.health_routes; why not /readyz: PodBuilder.probes
 GRACE_MARGIN_S = 10  # on top of the edge's SIGTERM bound, so the kubelet never SIGKILLs a draining node
 UPGRADE_TYPES = ("NewCluster", "NewClusterWithIncrementalUpgrade", "None")  # the operator's accepted values
 UPGRADE_TYPE = "NewCluster"  # why not NewClusterWithIncrementalUpgrade: docs/deploy.md, "Upgrades"
@@ -87,16 +89,17 @@ class PodBuilder:
     def probes(self, serving: bool, head: bool) -> dict[str, Any]:
         # Liveness is the Ray node's own health (the GCS on the head, the raylet on a worker): restarting a pod for
         # an app fault would kill every replica on it, and Serve already replaces a failing replica (check_health).
-        # Readiness of a serving worker is rayml's /readyz: a pod whose node cannot serve (online store down, models
-        # not loaded) leaves the Service until it can. The head takes no client traffic (excludeHeadPodFromServeSvc).
+        # Readiness of a serving worker is OIP live (/v2/health/live: 503 while no replica answers or one is
+        # failing), not /readyz: /readyz is 503 while the *shared* Redis is down, and probing it would pull every
+        # pod out of the Service at once, turning degraded answers into refused connections (docs/deploy.md).
+        # The head takes no client traffic (excludeHeadPodFromServeSvc).
         timing = {"initialDelaySeconds": 30, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}
+        node = {"httpGet": {"path": NODE_HEALTH_PATH, "port": DASHBOARD_AGENT_PORT}, **timing}
         if head:
-            gcs = {"httpGet": {"path": "/api/gcs_healthz", "port": DASHBOARD_PORT}, **timing}
-            return {"livenessProbe": gcs, "readinessProbe": dict(gcs)}
-        live = {"httpGet": {"path": "/api/local_raylet_healthz", "port": DASHBOARD_AGENT_PORT}, **timing}
-        probes: dict[str, Any] = {"livenessProbe": live}
+            return {"livenessProbe": node, "readinessProbe": dict(node)}
+        probes: dict[str, Any] = {"livenessProbe": node}
         if serving:
-            probes["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": self.spec.http_port},
+            probes["readinessProbe"] = {"httpGet": {"path": READINESS_PATH, "port": self.spec.http_port},
                                         "initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 3,
                                         "failureThreshold": 3, "successThreshold": 1}
         return probes
@@ -262,11 +265,12 @@ def network_policy(spec: DeploySpec) -> dict[str, Any]:
                  "ports": [{"protocol": "TCP", "port": spec.http_port}]},
                 # Ray nodes talk on many ports (GCS, raylets, object transfer, direct ingress): all, between them.
                 {"from": [{"podSelector": {"matchLabels": {LABEL_APP: spec.name}}}]},
-                # The operator deploys serveConfigV2 and reads Serve status through the dashboard.
+                # The operator deploys serveConfigV2 and reads Serve status through the dashboard (kubelet probes
+                # are not subject to NetworkPolicy).
                 {"from": [{"namespaceSelector": {"matchLabels": {
                     "kubernetes.io/metadata.name": OPERATOR_NAMESPACE}}}],
                  "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT},
-                           {"protocol": "TCP", "port": DASHBOARD_AGENT_PORT}]},
+                           {"protocol": "TCP", "port": spec.http_port}]},  # it checks the head's proxy health too
             ],
         },
     }

@@ -184,9 +184,9 @@ def test_serving_workers_probe_the_real_health_endpoints_and_carry_the_ingress_e
 
     serve = groups(load("rayservice.yaml"))["serve"]["template"]["spec"]
     (container,) = serve["containers"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": SPEC.http_port}
-    assert '@api.get("/readyz"' in Path(health_routes.__file__).read_text()  # the route the probe hits exists
-    assert container["livenessProbe"]["httpGet"]["path"] == "/api/local_raylet_healthz"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": SPEC.http_port}
+    assert '@api.get("/v2/health/live"' in Path(health_routes.__file__).read_text()  # the route the probe hits
+    assert container["livenessProbe"]["httpGet"] == {"path": "/api/healthz", "port": 52365}  # the Ray node's health
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     anti = serve["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]

@@ -90,7 +90,7 @@ def cluster_yaml(spec: DeploySpec, tokens_file: str | None) -> dict[str, Any]:
         if group.pod.gpus:
             node["docker"] = {"worker_image": spec.gpu_image, "worker_run_options": ["--gpus all"]}
         node_types[group.name] = node
-    redis_host, redis_port = spec.redis.address.rsplit(":", 1)
+    redis_host, redis_port = spec.redis.aws_address.rsplit(":", 1)
     password = f'"${spec.redis.password_env}"'
     return {
         "cluster_name": spec.name,

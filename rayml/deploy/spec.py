@@ -109,6 +109,9 @@ class Redis(StrictModel):
     """The Redis outside the Ray cluster: GCS fault tolerance and the online store (made HA by its own chart)."""
 
     address: str = Field(pattern=r"^[a-z0-9.-]+:[0-9]{1,5}$", description="host:port of the primary (a Service).")
+    aws_address: str = Field(
+        pattern=r"^[a-z0-9.-]+:[0-9]{1,5}$", description="host:port for the cluster launcher (ElastiCache primary)."
+    )
     password_env: str = Field(
         "RAYML_REDIS_PASSWORD", pattern=_ENV_NAME, description="Env var the password is given in, from the Secret."
     )

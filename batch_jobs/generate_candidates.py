@@ -7,7 +7,6 @@ Submit to a cluster:   ray job submit --working-dir . -- python batch_jobs/gener
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +14,7 @@ from typing import Annotated
 import typer
 
 from rayml.batch import CandidateJobConfig, generate_candidates
+from rayml.batch.shards import worker_error
 from rayml.config import ConfigError, load_config
 from rayml.registry import RegistryError
 
@@ -34,8 +34,14 @@ def main(
     except (ConfigError, RegistryError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {config}: {exc}" if not isinstance(exc, ConfigError) else f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except Exception as exc:  # a worker that cannot load the model (e.g. a registry path only the driver has)
+        cause = worker_error(exc, RegistryError)
+        if cause is None:
+            raise
+        typer.echo(f"error: {cause}", err=True)
+        raise typer.Exit(2) from None
     print(json.dumps(asdict(summary)))
 
 
 if __name__ == "__main__":
-    sys.exit(typer.run(main))
+    typer.run(main)

@@ -16,6 +16,7 @@ import typer
 
 from rayml.batch.config import ScoreJobConfig
 from rayml.batch.scoring import BadRowError, score_entities
+from rayml.batch.shards import worker_error
 from rayml.config import ConfigError, load_config
 from rayml.registry import RegistryError
 
@@ -39,29 +40,16 @@ def main(
     except (RegistryError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {config}: {exc}", err=True)
         raise typer.Exit(2) from None
-    except Exception as exc:  # a bad row under `bad_rows: fail` arrives wrapped by Ray
-        cause = _bad_row(exc)
+    except Exception as exc:  # a bad row (`bad_rows: fail`) or a model a worker cannot load, wrapped by Ray
+        cause = worker_error(exc, BadRowError, RegistryError)
         if cause is None:
             raise
         typer.echo(f"error: {cause}", err=True)
-        raise typer.Exit(3) from None
+        raise typer.Exit(3 if isinstance(cause, BadRowError) else 2) from None
     if stats and summary.operator_stats:
         print(summary.operator_stats, file=sys.stderr)
     print(json.dumps(summary.to_dict() | {"operator_stats": None}))
 
 
-def _bad_row(exc: BaseException) -> BadRowError | None:
-    """The BadRowError inside a Ray task error, if that is what stopped the job."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, BadRowError):
-            return seen
-        message = str(seen)
-        if "BadRowError" in message:
-            return BadRowError(message.split("BadRowError: ", 1)[-1].strip().splitlines()[0])
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 if __name__ == "__main__":
-    sys.exit(typer.run(main))
+    typer.run(main)

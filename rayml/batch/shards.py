@@ -185,6 +185,22 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def worker_error(exc: BaseException, *kinds: type[Exception]) -> Exception | None:
+    """The first error of one of ``kinds`` behind ``exc``: raised here, or in a Ray worker (then Ray wraps it, and
+    only its ``Name: message`` line survives in the wrapper's text). None when the job stopped for another reason."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for kind in kinds:
+            if isinstance(seen, kind):
+                return seen
+        message = str(seen)
+        for kind in kinds:
+            if f"{kind.__name__}: " in message:
+                return kind(message.split(f"{kind.__name__}: ", 1)[-1].strip().splitlines()[0])
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def load_model(registry: str, model: str, version: int) -> ModelVersion:
     """A verified model version for a worker, read through ``registry`` (its location: a URI or an absolute path).
 

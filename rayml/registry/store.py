@@ -46,6 +46,7 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 METADATA = "metadata.json"
 CHUNK = 1 << 20
 PROFILE_KINDS = ("training", "served")  # feature profiles kept per version (see save_profile)
+COLLAPSED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")  # Path("s3://b/p") == Path("s3:/b/p")
 SECRET_QUERY_KEYS = frozenset({"access_key", "secret_key", "session_token", "credentials"})
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -133,6 +134,11 @@ class ModelRegistry:
 
     def __init__(self, root: str | Path, filesystem: pafs.FileSystem | None = None, cache_dir: Path | None = None):
         text = str(root)
+        if filesystem is None and COLLAPSED_URI.match(text):
+            raise RegistryError(
+                f"registry {display_uri(text)} looks like a URI whose '//' was collapsed (by pathlib.Path): "
+                f"pass it as a string, e.g. {display_uri(text.replace(':/', '://', 1))}"
+            )
         if filesystem is not None:
             self.fs, self.base = filesystem, text.rstrip("/")
         elif "://" in text:

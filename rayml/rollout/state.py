@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rayml.registry import display_uri
+from rayml.registry.store import COLLAPSED_URI
 from rayml.rollout.router import CanaryWeights
 
 Status = Literal["Progressing", "Paused", "Healthy", "Degraded", "Aborted"]
@@ -107,7 +108,8 @@ class RolloutStore:
 
     def __init__(self, registry_root: str | Path, model: str) -> None:
         self.root = str(registry_root)
-        self.remote = "://" in self.root  # never a local directory named "s3:" (Path would make one)
+        # Never a local directory named "s3:" (what Path makes of a URI, collapsing its "//").
+        self.remote = "://" in self.root or COLLAPSED_URI.match(self.root) is not None
         self.dir = Path(registry_root) / "_rollout" / model
         self.model = model
 

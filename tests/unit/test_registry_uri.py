@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import boto3
 import pyarrow.fs as pafs
@@ -145,6 +146,14 @@ def test_a_wrong_uri_names_itself(s3):
         ModelRegistry("nope://models/x")
 
 
+def test_a_uri_collapsed_by_pathlib_is_refused_not_taken_for_a_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    collapsed = Path("s3://models/reg?endpoint_override=127.0.0.1:9000&scheme=http")  # what a Path-typed option gives
+    with pytest.raises(RegistryError, match=r"registry s3:/models/reg\?.* looks like a URI whose '//' was collapsed"):
+        ModelRegistry(collapsed)
+    assert not (tmp_path / "s3:").exists()
+
+
 def test_an_unreachable_endpoint_names_the_uri_and_does_not_hang():
     dead = uri(f"127.0.0.1:{free_port()}", "models/reg")  # nothing listens there
     started = time.monotonic()
@@ -182,4 +191,6 @@ def test_rollouts_refuse_a_uri_registry_with_a_clear_error(registry_uri, tmp_pat
         store.acquire("controller", 30, time.time())
     with pytest.raises(RolloutStoreUnsupported):
         store.set_shadow({"alias": "shadow", "config": {}})
+    with pytest.raises(RolloutStoreUnsupported):
+        RolloutStore(Path(registry_uri), "ranker").acquire("controller", 30, time.time())  # the '//' collapsed
     assert not (tmp_path.cwd() / "s3:").exists(), "a URI was taken for a local directory"

@@ -90,13 +90,21 @@ class RedisOnlineStore:
             if name not in columns:
                 raise KeyError(f"view {view!r} has no feature {name!r}")
             index.append(columns.index(name))
-        found = np.array([r is not None for r in raw], dtype=bool)
-        rows = [msgpack.unpackb(r) if r is not None else None for r in raw]
+        found = np.fromiter((r is not None for r in raw), dtype=bool, count=len(raw))
+        rows = [msgpack.unpackb(r) for r in raw if r is not None]
+        by_column = list(zip(*rows, strict=True)) if rows else [()] * len(columns)  # one pass, not one per feature
+        complete = bool(found.all())
         out = {}
         for name, j in zip(wanted, index, strict=True):
-            values = [row[j] if row is not None else None for row in rows]
-            if any(isinstance(v, str) for v in values):
-                out[name] = np.asarray(values, dtype=object)
+            values = by_column[j]
+            # Columns come from typed Arrow columns: the first non-null value tells strings from numbers.
+            if isinstance(next((v for v in values if v is not None), None), str):
+                column = np.full(len(raw), None, dtype=object)
+                column[found] = values
+            elif complete:
+                column = np.array(values, dtype=np.float64)  # None (a null feature) → NaN
             else:
-                out[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+                column = np.full(len(raw), np.nan)
+                column[found] = np.array(values, dtype=np.float64)
+            out[name] = column
         return Lookup(out, found)

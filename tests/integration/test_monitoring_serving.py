@@ -1,6 +1,7 @@
 """Monitoring through the real Serve app: 100 % sampling, small windows; the requests' users switch to an older
 population (covariate drift in what is served), and the alert fires and the drift metric moves on Ray's
-Prometheus endpoint."""
+Prometheus endpoint. The clients click with the answers' ``request_id``, so the monitor joins delayed labels from
+the outcome log and exports performance (delayed and estimated) and the model's freshness."""
 
 from __future__ import annotations
 
@@ -23,17 +24,21 @@ def monitored(serve_url, recommender_args, tmp_path_factory):
 
     from rayml.monitoring.alerts import AlertRule
     from rayml.serving.app import Recommender
-    from rayml.serving.config import MonitoringServing, load_serving_repo
+    from rayml.serving.config import MonitoringServing, RolloutServing, load_serving_repo
     from rayml.serving.monitor_app import MonitorArgs, build_monitor
 
     state = tmp_path_factory.mktemp("monitor")
+    outcomes = str(tmp_path_factory.mktemp("outcomes"))
     rules = [AlertRule(name="feature-drift", signal="drift.family", op=">=", threshold=1, k=2, n=3)]
+    performance = {"outcomes": outcomes, "attribution_window_s": 2.0, "min_impressions": 20, "threshold": 0.2}
     serve.run(build_monitor(MonitorArgs(monitor={
         "window_s": WINDOW_S, "grace_s": 1.0, "baseline_windows": 2, "min_rows": 50, "reservoir": 2000,
-        "rules": rules, "state_dir": str(state)}, tick_s=0.5)), name="it-monitor", route_prefix=None)
+        "rules": rules, "state_dir": str(state), "performance": performance}, tick_s=0.5,
+        registry=recommender_args.registry)), name="it-monitor", route_prefix=None)
     args = recommender_args.model_copy(update={
-        "event_log": None, "feature_log": None,
-        "monitoring": MonitoringServing(sample_rate=1.0, app="it-monitor", deployment="Monitor", send_every_s=0.5)})
+        "event_log": None, "feature_log": None, "rollout": RolloutServing(outcomes=outcomes, flush_s=0.5),
+        "monitoring": MonitoringServing(sample_rate=1.0, app="it-monitor", deployment="Monitor", send_every_s=0.5,
+                                        outcome_sample=1.0)})
     serve.run(Recommender.options(ray_actor_options={"num_cpus": 0.25}).bind(
         args.model_dump(), load_serving_repo(args).model_dump()), name="monitored", route_prefix="/monitored")
     yield f"{serve_url}/monitored"
@@ -48,9 +53,15 @@ def _drive(url: str, users: np.ndarray, seconds: float) -> int:
         rng = np.random.default_rng(seed)
         with requests.Session() as session:
             while not stop.is_set():
-                r = session.post(f"{url}/recommend", json={"user_id": int(rng.choice(users)), "k": 5}, timeout=10)
+                user = int(rng.choice(users))
+                r = session.post(f"{url}/recommend", json={"user_id": user, "k": 5}, timeout=10)
                 assert r.status_code == 200, r.text
                 sent[0] += 1
+                answer = r.json()
+                if rng.random() < 0.3:  # a click on the top item, sent back with the answer's request_id
+                    click = {"user_id": user, "item_id": answer["items"][0], "clicked": True,
+                             "request_id": answer["request_id"]}
+                    assert session.post(f"{url}/events", json={"events": [click]}, timeout=10).status_code == 200
 
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(3)]
     for t in threads:
@@ -105,3 +116,27 @@ def test_covariate_drift_in_the_requests_fires_the_alert_and_moves_the_metric(mo
             break
         time.sleep(1)
     assert firing == 1 and score is not None and score > 0.2, (firing, score)
+
+
+def test_delayed_labels_and_freshness_reach_the_metrics(monitored):
+    """After the drive above: windows are mature (2 s attribution), so performance came from the joined clicks."""
+    status = requests.get(f"{monitored}/admin/monitor", timeout=10).json()
+    delayed = [r for r in status["results"] if r["kind"] == "performance" and r["status"] == "ok"]
+    estimated = [r for r in status["results"] if r["kind"] == "estimated" and r["status"] == "ok"]
+    assert delayed and estimated, [(r["kind"], r.get("status")) for r in status["results"]]
+    ctr = delayed[-1]["metrics"]["ctr"]
+    assert 0.01 < ctr < 0.2, delayed[-1]  # ~0.3 of the requests click 1 of 5 items
+    version = delayed[-1]["version"]
+    deadline = time.monotonic() + 40
+    seen: dict[str, float | None] = {}
+    while time.monotonic() < deadline:
+        seen = {
+            "delayed": _metric("rayml_model_performance", {"metric": "ctr", "source": "delayed", "version": version}),
+            "estimated": _metric("rayml_model_performance", {"metric": "ctr", "source": "estimated"}),
+            "age": _metric("rayml_model_age_seconds", {"version": version}),
+        }
+        if all(v is not None for v in seen.values()):
+            break
+        time.sleep(1)
+    assert all(v is not None for v in seen.values()), seen
+    assert seen["age"] is not None and seen["age"] > 0

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rayml.batch.candidate_store import CandidateStoreJobConfig
 from rayml.batch.config import CandidateJobConfig, ScoreJobConfig
 from rayml.config import ConfigError, format_validation_error, load_config
 from rayml.deploy.spec import DeploySpec, GroupRole, Job
@@ -27,11 +28,13 @@ from rayml.models.distill_config import DistillConfig
 JOB_SCHEMAS: dict[str, type[BaseModel]] = {
     "score": ScoreJobConfig,
     "candidates": CandidateJobConfig,
+    "candidates_store": CandidateStoreJobConfig,
     "distill": DistillConfig,
 }
 JOB_ENTRYPOINTS = {  # the thin script each kind of job runs (batch_jobs/*.py)
     "score": "batch_jobs/score_entities.py",
     "candidates": "batch_jobs/generate_candidates.py",
+    "candidates_store": "batch_jobs/materialize_candidates.py",
     "distill": "batch_jobs/distill.py",
 }
 RECOMMENDER_IMPORT_PATH = "serve_apps.recommender:app_builder"
@@ -172,6 +175,22 @@ def job_needs(job: Job, config: BaseModel) -> Needs:
         if spot is None and pool.resources.get("spot", 0) > 0:
             spot = f"{job.config}: key '{key}.resources.spot'"
     return Needs(gpu=gpu, spot=spot)
+
+
+def require_candidate_view(serve_raw: dict[str, Any], source: str, jobs: list[tuple[Job, BaseModel]],
+                           spec_path: Path) -> None:
+    """Replicas with ``candidates_store: online`` read a view that only a ``candidates_store`` job writes."""
+    written = {config.view for _, config in jobs if isinstance(config, CandidateStoreJobConfig)}
+    for i, app in enumerate(serve_raw.get("applications") or []):
+        args = app.get("args") or {}
+        if app.get("import_path") == RECOMMENDER_IMPORT_PATH and args.get("candidates_store") == "online":
+            view = args.get("candidates_view", "candidates")
+            if view not in written:
+                raise ConfigError(
+                    f"{source}: key 'applications.{i}.args.candidates_view': replicas read the candidate view "
+                    f"{view!r} from Redis, but no job in {spec_path} (key 'jobs', kind candidates_store) writes it; "
+                    f"written: {', '.join(sorted(written)) or 'none'}"
+                )
 
 
 def require_groups(spec: DeploySpec, spec_path: Path, needs: Needs, what: str) -> None:

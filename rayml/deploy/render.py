@@ -67,9 +67,11 @@ def render(spec_path: str | Path, repo: str | Path) -> Rendered:
         repo.resolve()) else spec_path.name
     _, serve_text, serve_raw = checks.load_serve_config(spec, spec_path, repo)
     checks.require_groups(spec, spec_path, checks.serve_needs(serve_raw, spec.serve_config), "the Serve config")
+    job_configs = [(job, checks.load_job_config(job, spec_path, repo, i)) for i, job in enumerate(spec.jobs)]
+    checks.require_candidate_view(serve_raw, spec.serve_config, job_configs, spec_path)
     job_needs = []
-    for i, job in enumerate(spec.jobs):
-        needs = checks.job_needs(job, checks.load_job_config(job, spec_path, repo, i))
+    for job, config in job_configs:
+        needs = checks.job_needs(job, config)
         checks.require_groups(spec, spec_path, needs, f"job {job.name!r}")
         job_needs.append(needs)
 

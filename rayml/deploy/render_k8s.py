@@ -220,7 +220,8 @@ def rayjob(spec: DeploySpec, builder: PodBuilder, job: Job, needs: Needs) -> dic
         "metadata": {"name": job.name, "namespace": spec.namespace,
                      "labels": {LABEL_APP: spec.name, "rayml.io/job": job.kind}},
         "spec": {
-            "entrypoint": f"python {spec.workdir}/{JOB_ENTRYPOINTS[job.kind]} --config {spec.workdir}/{job.config}",
+            # From the image's WORKDIR: the job configs' relative paths (configs/features/...) resolve there.
+            "entrypoint": f"cd {spec.workdir} && python {JOB_ENTRYPOINTS[job.kind]} --config {job.config}",
             "submissionMode": SUBMISSION_MODE,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,

@@ -139,9 +139,10 @@ class Job(StrictModel):
     """A batch job, as a RayJob and as a ``ray job submit`` line for the cluster launcher."""
 
     name: str = Field(pattern=_DNS_LABEL, max_length=40, description="RayJob name.")
-    kind: Literal["score", "candidates", "distill"] = Field(
+    kind: Literal["score", "candidates", "candidates_store", "distill"] = Field(
         description="What it runs: score = batch_jobs/score_entities.py, candidates = batch_jobs/generate_candidates.py, "
-        "distill = batch_jobs/distill.py; its config is validated by that script's schema."
+        "candidates_store = batch_jobs/materialize_candidates.py, distill = batch_jobs/distill.py; its config is "
+        "validated by that script's schema."
     )
     config: str = Field(description="The job's config, relative to the repository (and the image's workdir).")
     backoff_limit: int = Field(2, ge=0, le=10, description="RayJob retries (a new cluster each time).")

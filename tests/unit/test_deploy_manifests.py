@@ -213,13 +213,14 @@ def test_secrets_come_only_from_kubernetes_secrets():
 
 def test_rayjobs_clean_up_retry_and_run_the_batch_entrypoints():
     jobs = {m["metadata"]["name"]: m["spec"] for m in rayjobs()}
-    assert set(jobs) == {"score-users", "generate-candidates", "distill"}
+    assert set(jobs) == {"score-users", "generate-candidates", "materialize-candidates", "distill"}
     for name, job in jobs.items():
         assert job["shutdownAfterJobFinishes"] is True and job["ttlSecondsAfterFinished"] > 0
         assert job["backoffLimit"] >= 1 and job["submissionMode"] == "SidecarMode"
-        script, config = shlex.split(job["entrypoint"])[1], shlex.split(job["entrypoint"])[3]
-        assert (REPO / Path(script).relative_to(SPEC.workdir)).is_file(), name
-        assert (REPO / Path(config).relative_to(SPEC.workdir)).is_file(), name
+        cd, workdir, _, python, script, flag, config = shlex.split(job["entrypoint"])
+        assert (cd, workdir, python, flag) == ("cd", SPEC.workdir, "python", "--config")
+        assert script.startswith("batch_jobs/") and (REPO / script).is_file(), name
+        assert config.startswith("configs/deploy/jobs/") and (REPO / config).is_file(), name
     distill = next(m for m in rayjobs() if m["metadata"]["name"] == "distill")
     assert set(groups(distill)) == {"gpu", "spot"}  # Ray Train on GPUs, soft labels on spot (its config asks)
     score = next(m for m in rayjobs() if m["metadata"]["name"] == "score-users")

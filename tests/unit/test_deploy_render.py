@@ -165,3 +165,11 @@ def test_a_job_config_its_schema_rejects_is_refused(tmp_path):
         raw["jobs"][0]["config"] = str(config)
     output = refused(spec_with(tmp_path, change))
     assert f"{config}: unknown key 'ort_thread'" in output
+
+
+def test_online_candidates_with_no_job_writing_the_view_are_refused(tmp_path):
+    def change(raw):
+        raw["jobs"] = [j for j in raw["jobs"] if j["kind"] != "candidates_store"]
+    output = refused(spec_with(tmp_path, change))
+    assert "serve_apps/recommender.production.yaml: key 'applications.0.args.candidates_view'" in output
+    assert "no job in" in output and "kind candidates_store" in output

@@ -18,9 +18,12 @@ def report(
     current: Annotated[Path, typer.Option(help="Current rows, same columns.")],
     out: Annotated[Path, typer.Option(help="The HTML file to write (a JSON summary goes beside it).")],
     alpha: Annotated[float, typer.Option(help="Family-wise level over the features.")] = 0.01,
+    performance: Annotated[Path | None, typer.Option(
+        help="Monitor results as JSON (GET /admin/monitor, or the monitor's monitor_state.json): "
+        "performance over time, delayed and estimated.")] = None,
 ) -> None:
     """Drift (the shipped preset, Holm-corrected), PSI and data quality, with per-feature overlays."""
-    from rayml.monitoring.offline_report import read_frame, write_report
+    from rayml.monitoring.offline_report import read_frame, read_performance, write_report
     from rayml.monitoring.presets import SchemaMismatch
 
     try:
@@ -29,8 +32,13 @@ def report(
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     try:
+        points = read_performance(performance) if performance is not None else None
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
         summary = write_report(frames[0], frames[1], out, out.with_suffix(".json"),
-                               names=(reference.name, current.name), alpha=alpha)
+                               names=(reference.name, current.name), alpha=alpha, performance=points)
     except SchemaMismatch as exc:
         console.print(f"[red]error:[/red] {current}: {exc}", highlight=False)
         raise typer.Exit(2) from None

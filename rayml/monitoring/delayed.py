@@ -213,3 +213,27 @@ def performance_signals(result: dict[str, Any]) -> dict[str, list[tuple[dict[str
     if ctr is not None:
         signals["performance.ctr"] = [(labels, float(ctr))]
     return signals
+
+
+REPORTED_METRICS = ("ctr", "precision", "recall", "f1", "auc")
+
+
+def performance_points(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's performance series from monitor results (``GET /admin/monitor`` → ``results``, or the
+    monitor's state file): per window and metric, the delayed value and the estimate with its interval."""
+    points: dict[tuple[float, str, str], dict[str, Any]] = {}
+    for result in results:
+        if result.get("status") != "ok" or result.get("kind") not in ("performance", "estimated"):
+            continue
+        for metric in REPORTED_METRICS:
+            key = (float(result["window_start"]), str(result["version"]), metric)
+            point = points.setdefault(key, {"window_start": key[0], "metric": f"{metric} ({key[1]})"})
+            if result["kind"] == "performance":
+                value = (result.get("metrics") or {}).get(metric)
+                if value is not None:
+                    point["delayed"] = value
+            else:
+                interval = (result.get("estimated") or {}).get(metric)
+                if interval is not None:
+                    point.update(estimated=interval["value"], lo=interval["low"], hi=interval["high"])
+    return [p for _, p in sorted(points.items()) if "delayed" in p or "estimated" in p]

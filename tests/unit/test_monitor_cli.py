@@ -56,3 +56,41 @@ def test_an_empty_window_says_so(tmp_path):
                                       "--current", str(tmp_path / "cur.parquet"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "(empty window)" in result.output and json.loads(out.with_suffix(".json").read_text())["empty"]
+
+
+def test_performance_over_time_from_the_monitor_results(tmp_path):
+    from rayml.monitoring.online import Monitor
+    from rayml.rollout.outcomes import OutcomeLogger
+    from tests.unit.test_monitor_performance import (
+        ATTRIBUTION,
+        GRACE,
+        T0,
+        WINDOW,
+        Clock,
+        _config,
+        _serve_window,
+    )
+
+    log = OutcomeLogger(tmp_path / "outcomes")
+    for w in range(3):
+        _serve_window(log, np.random.default_rng(w), T0 + w * WINDOW)
+    monitor = Monitor(_config(tmp_path), clock=Clock(T0 + 3 * WINDOW + ATTRIBUTION + GRACE))
+    monitor.tick()
+    (tmp_path / "results.json").write_text(json.dumps({"results": monitor.results}))
+    rng = np.random.default_rng(3)
+    _frame(rng, 500).to_parquet(tmp_path / "ref.parquet")
+    _frame(rng, 500).to_parquet(tmp_path / "cur.parquet")
+    args = ["monitor", "report", "--reference", str(tmp_path / "ref.parquet"), "--current",
+            str(tmp_path / "cur.parquet"), "--out", str(tmp_path / "r.html")]
+    result = CliRunner().invoke(app, [*args, "--performance", str(tmp_path / "results.json")])
+    assert result.exit_code == 0, result.output
+    points = json.loads((tmp_path / "r.json").read_text())["performance"]
+    ctr = [p for p in points if p["metric"] == "ctr (ranker:v1)"]
+    assert len(ctr) == 3 and all(p["delayed"] is not None and p["estimated"] is not None for p in ctr)
+    assert all(p["lo"] <= p["estimated"] <= p["hi"] for p in ctr)
+    assert (tmp_path / "r.html").read_text().count('class="perf-chart"') >= 5
+    (tmp_path / "bad.json").write_text('{"results": 3}')
+    bad = CliRunner().invoke(app, [*args, "--performance", str(tmp_path / "bad.json")])
+    assert bad.exit_code == 2 and "bad.json: key 'results' must be a list" in bad.output
+    gone = CliRunner().invoke(app, [*args, "--performance", str(tmp_path / "gone.json")])
+    assert gone.exit_code == 2 and "gone.json: no such file" in gone.output

@@ -20,6 +20,7 @@ CLUSTER_PORTS = IngressPorts(haproxy_stats=8404, haproxy_metrics=9101, fallback_
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379
 DASHBOARD_AGENT_PORT = 52365
+METRICS_PORT = 8080  # Ray's metrics export port, KubeRay's default (cluster/prometheus rules read these series)
 NODE_HEALTH_PATH = "/api/healthz"  # Ray >= 2.53's node health on the agent port: KubeRay v1.7's default probe
 READINESS_PATH = "/v2/health/live"  # rayml.serving.health_routes; why not /readyz: PodBuilder.probes
 GRACE_MARGIN_S = 10  # on top of the edge's SIGTERM bound, so the kubelet never SIGKILLs a draining node
@@ -264,6 +265,8 @@ def network_policy(spec: DeploySpec) -> dict[str, Any]:
             "ingress": [
                 {"from": [{"namespaceSelector": {"matchLabels": dict(spec.clients_namespace_label)}}],
                  "ports": [{"protocol": "TCP", "port": spec.http_port}]},
+                {"from": [{"namespaceSelector": {"matchLabels": dict(spec.metrics_namespace_label)}}],
+                 "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
                 # Ray nodes talk on many ports (GCS, raylets, object transfer, direct ingress): all, between them.
                 {"from": [{"podSelector": {"matchLabels": {LABEL_APP: spec.name}}}]},
                 # The operator deploys serveConfigV2 and reads Serve status through the dashboard (kubelet probes

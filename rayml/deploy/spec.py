@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rayml.config import ConfigError, StrictModel, load_config
 
@@ -157,8 +157,8 @@ class DeploySpec(StrictModel):
     name: str = Field(pattern=_DNS_LABEL, max_length=40, description="RayService and cluster name.")
     namespace: str = Field(pattern=_DNS_LABEL, max_length=63)
     ray_version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Ray in the image (KubeRay rayVersion).")
-    image: str = Field(pattern=r"^[^\s:]+:[^\s]+$", description="CPU image, with a tag (never latest).")
-    gpu_image: str = Field(pattern=r"^[^\s:]+:[^\s]+$", description="GPU variant of the same build.")
+    image: str = Field(pattern=r"^\S+$", description="CPU image, with a tag (never latest) or a digest.")
+    gpu_image: str = Field(pattern=r"^\S+$", description="GPU variant of the same build.")
     workdir: str = Field("/opt/rayml", pattern=r"^/", description="The image's WORKDIR: serve_apps/, configs/, batch_jobs/.")
     serve_config: str = Field(description="The Serve config (serveConfigV2), relative to the repository.")
     http_port: int = Field(8000, ge=1, le=65_535, description="Serve's HTTP port: the only one exposed.")
@@ -175,6 +175,19 @@ class DeploySpec(StrictModel):
     clients_namespace_label: dict[str, str] = Field(
         description="Labels of the namespaces allowed to reach the HTTP port (NetworkPolicy)."
     )
+    metrics_namespace_label: dict[str, str] = Field(
+        description="Labels of the namespace whose Prometheus scrapes Ray's metrics port (NetworkPolicy)."
+    )
+
+    @field_validator("image", "gpu_image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        name = value.rsplit("/", 1)[-1]
+        tag = name.split(":", 1)[1] if ":" in name and "@" not in name else None
+        if "@sha256:" not in value and tag in (None, "", "latest"):
+            raise ValueError(f"{value!r} is not pinned; give a version tag (e.g. rayml:0.1.0-cpu) or a digest, "
+                             "never latest")
+        return value
 
     @model_validator(mode="after")
     def _unique(self) -> DeploySpec:

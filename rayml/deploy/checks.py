@@ -2,7 +2,9 @@
 
 - A Serve config that Ray's own ``ServeDeploySchema`` rejects (or whose recommender args do not validate).
 - A GPU deployment (``num_gpus > 0`` in the Serve config) or a GPU job with no worker group of role ``gpu``.
-- A job pinned to spot capacity (custom resource ``spot``) with no worker group of role ``spot``.
+- A job pinned to spot capacity (custom resource ``spot``) with no worker group of role ``spot``; a Serve
+  deployment pinned to spot at all (serving never runs on reclaimable nodes).
+- Candidates read from Redis (``candidates_store: online``) that no ``candidates_store`` job writes.
 - A secret written in plain text: in the deploy spec (:class:`~rayml.deploy.spec.Secrets` refuses it) or as an
   environment variable with a secret-like name in the Serve config's ``runtime_env``.
 
@@ -175,6 +177,13 @@ def job_needs(job: Job, config: BaseModel) -> Needs:
         if spot is None and pool.resources.get("spot", 0) > 0:
             spot = f"{job.config}: key '{key}.resources.spot'"
     return Needs(gpu=gpu, spot=spot)
+
+
+def refuse_spot_serving(needs: Needs) -> None:
+    """Serving is never placed on reclaimable nodes: the RayService has no spot group, by design."""
+    if needs.spot is not None:
+        raise ConfigError(f"{needs.spot}: a Serve deployment pinned to spot capacity; spot nodes are reclaimed "
+                          "without notice, so the serving cluster has no spot group: run it on the serve or gpu group")
 
 
 def require_candidate_view(serve_raw: dict[str, Any], source: str, jobs: list[tuple[Job, BaseModel]],

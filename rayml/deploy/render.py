@@ -66,7 +66,9 @@ def render(spec_path: str | Path, repo: str | Path) -> Rendered:
     source = spec_path.resolve().relative_to(repo.resolve()).as_posix() if spec_path.resolve().is_relative_to(
         repo.resolve()) else spec_path.name
     _, serve_text, serve_raw = checks.load_serve_config(spec, spec_path, repo)
-    checks.require_groups(spec, spec_path, checks.serve_needs(serve_raw, spec.serve_config), "the Serve config")
+    serve_needs = checks.serve_needs(serve_raw, spec.serve_config)
+    checks.refuse_spot_serving(serve_needs)
+    checks.require_groups(spec, spec_path, serve_needs, "the Serve config")
     job_configs = [(job, checks.load_job_config(job, spec_path, repo, i)) for i, job in enumerate(spec.jobs)]
     checks.require_candidate_view(serve_raw, spec.serve_config, job_configs, spec_path)
     job_needs = []

@@ -173,3 +173,11 @@ def test_online_candidates_with_no_job_writing_the_view_are_refused(tmp_path):
     output = refused(spec_with(tmp_path, change))
     assert "serve_apps/recommender.production.yaml: key 'applications.0.args.candidates_view'" in output
     assert "no job in" in output and "kind candidates_store" in output
+
+
+def test_a_serve_deployment_pinned_to_spot_is_refused(tmp_path):
+    serve = serve_with(tmp_path, lambda raw: raw["applications"][0]["deployments"][0]["ray_actor_options"].update(
+        resources={"spot": 0.01}))
+    output = refused(spec_with(tmp_path, lambda raw: raw.update(serve_config=serve)))
+    assert f"{serve}: key 'applications.0.deployments.0.ray_actor_options.resources.spot'" in output
+    assert "the serving cluster has no spot group" in output

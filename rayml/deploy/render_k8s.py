@@ -167,9 +167,9 @@ class PodBuilder:
         return out
 
 
-def _autoscaler() -> dict[str, Any]:
+def _autoscaler(spec: DeploySpec) -> dict[str, Any]:
     amounts = {"cpu": "500m", "memory": "512Mi"}
-    return {"upscalingMode": "Default", "idleTimeoutSeconds": 300,
+    return {"upscalingMode": "Default", "idleTimeoutSeconds": spec.idle_timeout_s,
             "resources": {"requests": dict(amounts), "limits": dict(amounts)}}
 
 
@@ -191,7 +191,7 @@ def rayservice(spec: DeploySpec, builder: PodBuilder, serve_text: str) -> dict[s
             "rayClusterConfig": {
                 "rayVersion": spec.ray_version,
                 "enableInTreeAutoscaling": True,
-                "autoscalerOptions": _autoscaler(),
+                "autoscalerOptions": _autoscaler(spec),
                 "gcsFaultToleranceOptions": {
                     "redisAddress": spec.redis.address,
                     "redisPassword": {"valueFrom": {"secretKeyRef": {
@@ -231,7 +231,7 @@ def rayjob(spec: DeploySpec, builder: PodBuilder, job: Job, needs: Needs) -> dic
             "rayClusterSpec": {
                 "rayVersion": spec.ray_version,
                 "enableInTreeAutoscaling": True,
-                "autoscalerOptions": _autoscaler(),
+                "autoscalerOptions": _autoscaler(spec),
                 "headGroupSpec": builder.head(spec.head, serving=False),
                 "workerGroupSpecs": [builder.worker(g) | {"template": builder.template(
                     g.name, g.pod, spec.gpu_image if g.pod.gpus else spec.image, serving=False, head=False)}

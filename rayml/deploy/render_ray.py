@@ -82,7 +82,6 @@ def cluster_yaml(spec: DeploySpec, tokens_file: str | None) -> dict[str, Any]:
         node: dict[str, Any] = {
             "min_workers": group.min_workers,
             "max_workers": group.max_workers,
-            "idle_timeout_s": group.idle_timeout_s,
             "resources": _ray_resources(group.pod, spot=group.role == "spot"),
             "labels": {"rayml.io/pool": group.role},
             "node_config": _node_config(group.aws),
@@ -96,7 +95,7 @@ def cluster_yaml(spec: DeploySpec, tokens_file: str | None) -> dict[str, Any]:
         "cluster_name": spec.name,
         "max_workers": spec.max_workers,
         "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 5,
+        "idle_timeout_minutes": spec.idle_timeout_s / 60,
         "provider": {"type": "aws", "region": spec.region, "cache_stopped_nodes": False},
         "auth": {"ssh_user": "ubuntu"},
         "docker": {"image": spec.image, "container_name": "ray_container", "pull_before_run": True,

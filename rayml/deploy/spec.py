@@ -74,7 +74,6 @@ class WorkerGroup(StrictModel):
     )
     min_workers: int = Field(ge=0, le=10_000, description="Autoscaler lower bound.")
     max_workers: int = Field(ge=1, le=10_000, description="Autoscaler upper bound.")
-    idle_timeout_s: int = Field(300, ge=30, le=86_400, description="An idle node is removed after this long.")
     pod: Pod
     aws: AwsNode
 
@@ -164,6 +163,9 @@ class DeploySpec(StrictModel):
     http_port: int = Field(8000, ge=1, le=65_535, description="Serve's HTTP port: the only one exposed.")
     region: str = Field(pattern=r"^[a-z]{2}-[a-z]+-[0-9]$", description="AWS region of the launcher cluster.")
     max_workers: int = Field(ge=1, le=10_000, description="Cluster-wide autoscaler bound.")
+    idle_timeout_s: int = Field(
+        300, ge=60, le=86_400, description="The autoscaler removes a worker node idle this long (every group)."
+    )
     ingress: Ingress = Ingress()
     storage: Storage
     redis: Redis

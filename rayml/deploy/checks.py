@@ -81,6 +81,10 @@ def load_serve_config(spec: DeploySpec, spec_path: Path, repo: Path) -> tuple[Pa
     except ValidationError as exc:
         raise ConfigError(format_validation_error(spec.serve_config, ServeDeploySchema, exc)) from None
     _refuse_unknown_keys(raw, spec.serve_config)
+    port = (raw.get("http_options") or {}).get("port", 8000)
+    if port != spec.http_port:
+        raise ConfigError(f"{spec.serve_config}: key 'http_options.port': Serve listens on {port}, but {spec_path} "
+                          f"(key 'http_port') exposes {spec.http_port}; make them equal")
     for i, app in enumerate(schema.applications):
         if app.import_path == RECOMMENDER_IMPORT_PATH:
             try:

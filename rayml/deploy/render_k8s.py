@@ -219,7 +219,8 @@ def rayjob(spec: DeploySpec, builder: PodBuilder, job: Job, needs: Needs) -> dic
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
         "metadata": {"name": job.name, "namespace": spec.namespace,
-                     "labels": {LABEL_APP: spec.name, "rayml.io/job": job.kind}},
+                     "labels": {LABEL_APP: spec.name, "rayml.io/job": job.kind},
+                     **({"annotations": {"rayml.io/schedule": job.schedule_note}} if job.schedule_note else {})},
         "spec": {
             # From the image's WORKDIR: the job configs' relative paths (configs/features/...) resolve there.
             "entrypoint": f"cd {spec.workdir} && python {JOB_ENTRYPOINTS[job.kind]} --config {job.config}",

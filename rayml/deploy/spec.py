@@ -147,7 +147,9 @@ class Job(StrictModel):
     backoff_limit: int = Field(2, ge=0, le=10, description="RayJob retries (a new cluster each time).")
     ttl_seconds_after_finished: int = Field(600, ge=0, le=604_800, description="Cluster kept this long for logs.")
     active_deadline_seconds: int = Field(ge=60, le=604_800, description="The job is failed past this.")
-    schedule_note: str = Field("", max_length=200, description="When it runs (for people: CronJob or CI).")
+    schedule_note: str = Field(
+        "", max_length=200, description="When it runs, for people (the RayJob's rayml.io/schedule annotation)."
+    )
 
 
 class DeploySpec(StrictModel):

@@ -181,3 +181,9 @@ def test_a_serve_deployment_pinned_to_spot_is_refused(tmp_path):
     output = refused(spec_with(tmp_path, lambda raw: raw.update(serve_config=serve)))
     assert f"{serve}: key 'applications.0.deployments.0.ray_actor_options.resources.spot'" in output
     assert "the serving cluster has no spot group" in output
+
+
+def test_a_serve_port_other_than_the_exposed_one_is_refused(tmp_path):
+    serve = serve_with(tmp_path, lambda raw: raw["http_options"].update(port=8080))
+    output = refused(spec_with(tmp_path, lambda raw: raw.update(serve_config=serve)))
+    assert f"{serve}: key 'http_options.port': Serve listens on 8080" in output and "(key 'http_port')" in output

@@ -67,8 +67,6 @@ def load_serve_config(spec: DeploySpec, spec_path: Path, repo: Path) -> tuple[Pa
     """
     from ray.serve.schema import ServeDeploySchema
 
-    from rayml.serving.config import RecommenderArgs
-
     path = repo / spec.serve_config
     if not path.is_file():
         raise ConfigError(f"{spec_path}: key 'serve_config': {spec.serve_config} is not a file")
@@ -86,14 +84,28 @@ def load_serve_config(spec: DeploySpec, spec_path: Path, repo: Path) -> tuple[Pa
         raise ConfigError(f"{spec.serve_config}: key 'http_options.port': Serve listens on {port}, but {spec_path} "
                           f"(key 'http_port') exposes {spec.http_port}; make them equal")
     for i, app in enumerate(schema.applications):
-        if app.import_path == RECOMMENDER_IMPORT_PATH:
-            try:
-                RecommenderArgs.model_validate(app.args)
-            except ValidationError as exc:
-                where = f"{spec.serve_config}: applications.{i}.args"
-                raise ConfigError(format_validation_error(where, RecommenderArgs, exc)) from None
+        args_model = _app_args().get(app.import_path)
+        if args_model is None:
+            raise ConfigError(f"{spec.serve_config}: key 'applications.{i}.import_path': {app.import_path!r} is not "
+                              f"one of rayml's apps: {', '.join(sorted(_app_args()))}")
+        try:
+            args_model.model_validate(app.args)
+        except ValidationError as exc:
+            where = f"{spec.serve_config}: applications.{i}.args"
+            raise ConfigError(format_validation_error(where, args_model, exc)) from None
     _refuse_plain_text_env(raw, spec.serve_config)
     return path, text, raw
+
+
+def _app_args() -> dict[str, type[BaseModel]]:
+    """The args model of each builder under serve_apps/ (Ray validates ``args`` against it at deploy time)."""
+    from rayml.serving.config import RecommenderArgs
+    from rayml.serving.monitor_app import MonitorArgs
+    from rayml.serving.rollout_app import ControllerArgs
+
+    return {RECOMMENDER_IMPORT_PATH: RecommenderArgs,
+            "serve_apps.rollout_controller:app_builder": ControllerArgs,
+            "serve_apps.monitor:app_builder": MonitorArgs}
 
 
 def _refuse_unknown_keys(raw: dict[str, Any], source: str) -> None:

@@ -187,3 +187,9 @@ def test_a_serve_port_other_than_the_exposed_one_is_refused(tmp_path):
     serve = serve_with(tmp_path, lambda raw: raw["http_options"].update(port=8080))
     output = refused(spec_with(tmp_path, lambda raw: raw.update(serve_config=serve)))
     assert f"{serve}: key 'http_options.port': Serve listens on 8080" in output and "(key 'http_port')" in output
+
+
+def test_bad_args_of_an_app_are_refused_naming_the_app_and_key(tmp_path):
+    serve = serve_with(tmp_path, lambda raw: raw["applications"][1]["args"].update(modle="ranker"))
+    output = refused(spec_with(tmp_path, lambda raw: raw.update(serve_config=serve)))
+    assert f"{serve}: applications.1.args: unknown key 'modle'" in output

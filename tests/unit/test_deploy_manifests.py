@@ -234,8 +234,9 @@ def core_objects() -> list[dict[str, Any]]:
     serve_svc = {"apiVersion": "v1", "kind": "Service", **copy.deepcopy(service["spec"]["serveService"])}
     serve_svc["metadata"]["namespace"] = SPEC.namespace
     serve_svc["spec"]["selector"] = {"ray.io/serve": "true"}  # the operator adds its selector
-    templates = [{"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"t{i}"}, "template": t}
-                 for m in [service, *rayjobs()] for i, t in enumerate(pod_templates(m))]
+    templates = [{"apiVersion": "v1", "kind": "PodTemplate", "template": t, "metadata": {
+                     "name": f"{m['metadata']['name']}-{t['metadata']['labels']['rayml.io/group']}"}}
+                 for m in [service, *rayjobs()] for t in pod_templates(m)]
     return [load("pdb.yaml"), load("networkpolicy.yaml"), serve_svc, *templates]
 
 

@@ -26,6 +26,7 @@ from rayml.batch.config import CandidateJobConfig, ScoreJobConfig
 from rayml.config import ConfigError, format_validation_error, load_config
 from rayml.deploy.spec import DeploySpec, GroupRole, Job
 from rayml.models.distill_config import DistillConfig
+from rayml.serving.launcher import CONTROLLER_IMPORT_PATH, RECOMMENDER_IMPORT_PATH
 
 JOB_SCHEMAS: dict[str, type[BaseModel]] = {
     "score": ScoreJobConfig,
@@ -39,7 +40,6 @@ JOB_ENTRYPOINTS = {  # the thin script each kind of job runs (batch_jobs/*.py)
     "candidates_store": "batch_jobs/materialize_candidates.py",
     "distill": "batch_jobs/distill.py",
 }
-RECOMMENDER_IMPORT_PATH = "serve_apps.recommender:app_builder"
 _SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|PRIVATE_KEY|CREDENTIAL)", re.IGNORECASE)
 
 
@@ -104,7 +104,7 @@ def _app_args() -> dict[str, type[BaseModel]]:
     from rayml.serving.rollout_app import ControllerArgs
 
     return {RECOMMENDER_IMPORT_PATH: RecommenderArgs,
-            "serve_apps.rollout_controller:app_builder": ControllerArgs,
+            CONTROLLER_IMPORT_PATH: ControllerArgs,
             "serve_apps.monitor:app_builder": MonitorArgs}
 
 

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyarrow.fs as pafs
 
@@ -75,17 +75,15 @@ def display_uri(uri: str) -> str:
     return f"{head}?{urllib.parse.urlencode(masked, safe=':/*')}"
 
 
-def _names_registry(method: Callable[P, R]) -> Callable[P, R]:
+def _names_registry(method: Callable[Concatenate[ModelRegistry, P], R]) -> Callable[Concatenate[ModelRegistry, P], R]:
     """Raise a filesystem failure (unreachable endpoint, missing bucket, denied access) as a RegistryError naming
     the registry URI, so a caller (or a worker's log) says which registry failed, not just which key."""
 
     @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(registry: ModelRegistry, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(*args, **kwargs)
+            return method(registry, *args, **kwargs)
         except OSError as exc:
-            registry = args[0]
-            assert isinstance(registry, ModelRegistry)
             raise RegistryError(f"registry {registry.display_uri}: {exc}") from exc
 
     return wrapper

@@ -9,8 +9,10 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from rayml.batch import CandidateJobConfig
+from rayml.batch.candidate_store import CandidateStoreJobConfig
 from rayml.batch.config import ScoreJobConfig
 from rayml.config import ConfigError, load_config, load_settings
+from rayml.deploy.spec import DeploySpec
 from rayml.features.definitions import FeatureRepo
 from rayml.models import ModelsConfig
 from rayml.models.distill_config import DistillConfig
@@ -30,8 +32,16 @@ SCHEMAS = {
     "configs/features": FeatureRepo,
     "configs/world/scenarios": WorldConfig,
     "configs/rollout": RolloutPlan,
+    "configs/deploy": DeploySpec,
+    "configs/deploy/jobs": ScoreJobConfig,
 }
-FILE_SCHEMAS = {"configs/batch/score_users.yaml": ScoreJobConfig}  # batch/ holds two kinds of job
+FILE_SCHEMAS = {  # batch/ and deploy/jobs/ hold several kinds of job
+    "configs/batch/score_users.yaml": ScoreJobConfig,
+    "configs/batch/candidates_store.yaml": CandidateStoreJobConfig,
+    "configs/deploy/jobs/candidates.yaml": CandidateJobConfig,
+    "configs/deploy/jobs/candidates_store.yaml": CandidateStoreJobConfig,
+    "configs/deploy/jobs/distill.yaml": DistillConfig,
+}
 
 
 def test_every_config_file_loads_through_its_schema():

@@ -10,8 +10,8 @@ Every look of every run is decided by ``rayml.rollout.gates.evaluate_many`` (the
 
 Simulation model (also printed as the first JSON line):
 
-- **Plan**: ``configs/rollout/production.yaml`` (stages 1/5/25/100 %, ≥ 1 day each, 14-day
-  deadline), looks every ``--look-s`` (1 h) of simulated time; at a look the gates see impressions
+- **Plan**: ``configs/rollout/production.yaml`` (stages 1/5/25/100 % for at least 3, 4, 7 and 1
+  days, an 18-day deadline), looks every ``--look-s`` (1 h) of simulated time; at a look the gates see impressions
   older than the attribution window (30 min) with all their clicks. A promotion takes effect at the
   look that decides it.
 - **Traffic**: 1,000 requests/s, 10 items a response, from ``--users`` users (200,000) whose request

@@ -29,10 +29,11 @@ DAY = 86_400.0
 @pytest.fixture(scope="module")
 def plan() -> RolloutPlan:
     """The shipped plan's stages and α, pinned to the settings these constructed cases were written for:
-    every stage proves non-inferiority, τ = δ, production logged at 10 %."""
+    every stage proves non-inferiority and lasts at least a day, a 14-day deadline, τ = δ, production logged at
+    10 %."""
     shipped = load_config(REPO / "configs/rollout/production.yaml", RolloutPlan).model_dump()
-    shipped.update(production_log_sample=0.1, mixture_scale=None,
-                   stages=[{**s, "require_noninferiority": True} for s in shipped["stages"]])
+    shipped.update(production_log_sample=0.1, mixture_scale=None, deadline_s=14 * DAY,
+                   stages=[{**s, "require_noninferiority": True, "min_duration_s": DAY} for s in shipped["stages"]])
     return RolloutPlan.model_validate(shipped)
 
 

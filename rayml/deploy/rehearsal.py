@@ -134,6 +134,7 @@ class Rehearsal:
         self.cluster = LocalCluster(self.state, self.env, workdir, config.head_cpus, config.worker_cpus,
                                     config.object_store_mb)
         self.names: dict[str, str] = {}  # Ray node id → head, worker-1, worker-2
+        self.ids: dict[str, str] = {}  # and back
         self.summary: dict[str, Any] = {"ok": False}
 
     def run(self) -> dict[str, Any]:
@@ -144,9 +145,8 @@ class Rehearsal:
             self.summary["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             killed = self.cluster.stop()
-            time.sleep(1)
-            left = [p for p in killed if Path(f"/proc/{p}").exists()]
-            self.summary["teardown"] = {"killed_pids": len(killed), "left_pids": left}
+            left = self.cluster.alive(killed)
+            self.summary["teardown"] = {"killed_pids": len(killed), "left_pids": sorted(left), "left": left}
             shutil.rmtree(self.state, ignore_errors=True)
             self.summary["seconds_total"] = round(time.perf_counter() - started, 1)
         self.summary["ok"] = self.summary.get("ok", False) and not left
@@ -156,8 +156,8 @@ class Rehearsal:
         node = self.cluster.start_head() if name == "head" else self.cluster.start_worker(name)
         if name == "head":
             self.cluster.wait_dashboard()
-        self.cluster.wait_nodes(len(self.names) + 1)
-        self.names[self.cluster.node_id(node)] = name
+        self.ids[name] = self.cluster.wait_node(node)
+        self.names[self.ids[name]] = name
         return node
 
     def _where(self, node_ids: list[str]) -> list[str]:
@@ -173,7 +173,10 @@ class Rehearsal:
         rows = tile_entities(job, self.workdir, entities, cfg.entities.shards, cfg.entities.rows)
         output = out / "scores"
         shutil.rmtree(output, ignore_errors=True)
-        job_file = write_job(spot_job(job, self.workdir, entities, output, cfg.spot_pin), out / "job.yaml")
+        spec = spot_job(job, self.workdir, entities, output, cfg.spot_pin)
+        write_job(spec, out / "job.yaml")  # kept, for the reader
+        job_file = write_job(spec, self.state / "job.yaml")  # the driver's command line names the state folder:
+        # teardown finds it by PID even when the job is still running
         self.summary["entities"] = {"rows": rows, "shards": cfg.entities.shards, "seconds": round(time.perf_counter() - t, 1)}
 
         head, worker = self._node("head"), self._node("worker-1")
@@ -187,7 +190,8 @@ class Rehearsal:
         (out / "serve.yaml").write_text(yaml.safe_dump(serve, sort_keys=False))
         _run([str(Path(RAY).parent / "serve"), "deploy", str(out / "serve.yaml"), "--address", self.cluster.dashboard],
              self.env, self.workdir)
-        placed = wait_serving(self.cluster.http_port, token, self.cluster.dashboard, 2, cfg.timeouts.serve_s)
+        placed = wait_serving(self.cluster.http_port, token, self.cluster.dashboard,
+                              {self.ids["head"], self.ids["worker-1"]}, cfg.timeouts.serve_s)
         self.summary["serve"] = {"ready_s": round(time.perf_counter() - t, 1), "port": self.cluster.http_port,
                                  "replica_nodes": self._where(placed)}
 
@@ -199,7 +203,7 @@ class Rehearsal:
         _run([RAY, "job", "submit", "--address", self.cluster.dashboard, "--no-wait", "--submission-id", job_id, "--",
               "python", str(self.project / "batch_jobs" / "score_entities.py"), "--config", str(job_file)],
              self.env, self.project)
-        worker_id = self.cluster.node_id(worker)
+        worker_id = self.ids["worker-1"]
         deadline = time.monotonic() + cfg.timeouts.kill_s
         while not (committed(output) >= cfg.kill_after_shards and worker_id in self._scorer_nodes()):
             if client.get_job_status(job_id).is_terminal():
@@ -207,7 +211,7 @@ class Rehearsal:
                                    f"entities.rows\n{client.get_job_logs(job_id)[-3000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{cfg.kill_after_shards} shards not committed within {cfg.timeouts.kill_s:.0f} s")
-            time.sleep(0.1)
+            time.sleep(0.25)
 
         with Prober(self.cluster.http_port, token) as probe:
             raylet = self.cluster.kill_node(worker)
@@ -220,24 +224,28 @@ class Rehearsal:
             deadline = time.monotonic() + cfg.timeouts.job_s
             while not client.get_job_status(job_id).is_terminal() and time.monotonic() < deadline:
                 time.sleep(0.5)
-            status = client.get_job_status(job_id)
-            placed = wait_serving(self.cluster.http_port, token, self.cluster.dashboard, 2, cfg.timeouts.serve_s)
+            status, t_done = client.get_job_status(job_id), time.perf_counter()
+            placed = wait_serving(self.cluster.http_port, token, self.cluster.dashboard,
+                                  {self.ids["head"], self.ids["worker-2"]}, cfg.timeouts.serve_s)
             recovered_s = round(time.perf_counter() - t_kill, 1)
         logs = client.get_job_logs(job_id)
         (out / "job.log").write_text(logs)
         info = client.get_job_info(job_id)
-        job_summary: dict[str, Any] = next((json.loads(line) for line in reversed(logs.splitlines()) if line.startswith('{"output"')), {})
+        job_summary: dict[str, Any] = next(
+            (json.loads(line) for line in reversed(logs.splitlines()) if line.startswith('{"output"')), {})
         self.summary["job"] = {
-            "id": job_id, "status": str(status.value), "seconds": round(time.perf_counter() - t_job, 1),
-            "driver_node": self.names.get(info.driver_node_id or "", info.driver_node_id),
+            "id": job_id, "status": str(status.value), "seconds": round(t_done - t_job, 1),
+            "driver_node": self.names.get(str(getattr(info, "driver_node_id", "")), "unknown"),
             "shards": job_summary.get("shards"), "shards_skipped": job_summary.get("shards_skipped"),
             "scored_on": sorted(set(self._where([s["node_id"] for s in self._manifest(output)]))),
         }
         self.summary["serve"] |= {"replica_nodes_after": self._where(placed), "recovered_s": recovered_s,
                                   "probe_during_loss": {str(k): v for k, v in sorted(probe.counts.items())}}
+        if status != JobStatus.SUCCEEDED:
+            self.summary["job"]["log_tail"] = logs[-2000:]
         self.summary["exactly_once"] = counts = exactly_once(entities, output, job.id_column)
         self.summary["ok"] = (status == JobStatus.SUCCEEDED and counts["lost"] == counts["duplicates"] == 0
-                              and counts["unknown"] == 0 and len(set(placed)) == 2 and "head" in self._where(placed))
+                              and counts["unknown"] == 0)
 
     def _scorer_nodes(self) -> set[str]:
         from ray.util.state import list_actors

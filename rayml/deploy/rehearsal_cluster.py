@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,8 @@ class LocalCluster:
 
     def node_env(self, name: str) -> dict[str, str]:
         """This node's environment: the shared one plus an ingress with its own ports and HAProxy folder."""
-        folder = self.state / f"ingress-{name}"
+        # Short: HAProxy refuses unix socket paths over 97 characters, and Ray nests a 56-character folder in it.
+        folder = self.state / ("ih" if name == "head" else f"i{name.rsplit('-', 1)[-1]}")
         folder.mkdir(parents=True, exist_ok=True)
         return self.env | ingress_env(self.ingress, folder, IngressPorts.free())
 
@@ -152,20 +154,27 @@ class LocalCluster:
                 return node_id
         raise RuntimeError(f"{node.name} ({node.marker}) is not alive in Ray")
 
-    def wait_nodes(self, count: int, timeout_s: float = 60) -> None:
+    def wait_node(self, node: Node, timeout_s: float = 60) -> str:
+        """Until Ray lists ``node`` alive (the dashboard may still be starting). Returns its Ray node id."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):  # the dashboard may still be starting
-                if len(self.alive_nodes()) == count:
-                    return
+        while True:
+            try:
+                return self.node_id(node)
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
             time.sleep(0.5)
-        raise RuntimeError(f"{count} live nodes expected within {timeout_s:.0f} s")
 
     def wait_dashboard(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2):
+            try:
+                with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2):
+                    return
+            except urllib.error.HTTPError:  # it answers (token auth may refuse an anonymous request): it is up
                 return
+            except OSError:
+                pass
             time.sleep(0.5)
         raise RuntimeError(f"the dashboard at {self.dashboard} did not answer within {timeout_s:.0f} s")
 
@@ -178,6 +187,16 @@ class LocalCluster:
         pids.discard(os.getpid())
         _kill(sorted(pids), grace_s=10)
         return sorted(pids)
+
+    @staticmethod
+    def alive(pids: list[int], wait_s: float = 5) -> dict[int, str]:
+        """Those of ``pids`` still running (zombies aside) after up to ``wait_s``, with their command lines."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = {p: _cmdline(p).decode(errors="replace")[:200] for p in pids if _stat(p)[:1] not in ([], ["Z"])}
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
 
 
 def _cmdline(pid: int) -> bytes:

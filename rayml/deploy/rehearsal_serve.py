@@ -72,17 +72,20 @@ def recommend(port: int, token: str | None, user_id: int = 3, timeout_s: float =
         return 0
 
 
-def wait_serving(port: int, token: str | None, dashboard: str, nodes: int, timeout_s: float) -> list[str]:
-    """Until /recommend answers 200 and ``nodes`` distinct nodes hold a replica. Returns the replicas' nodes."""
+def wait_serving(port: int, token: str | None, dashboard: str, nodes: set[str], timeout_s: float) -> list[str]:
+    """Until /recommend answers 200 and the live replicas sit exactly on ``nodes`` (Ray node ids), one each.
+
+    Returns the replicas' node ids.
+    """
     deadline = time.monotonic() + timeout_s
     placed: list[str] = []
     while time.monotonic() < deadline:
         if recommend(port, token) == 200:
             placed = replica_nodes(dashboard)
-            if len(set(placed)) >= nodes:
+            if sorted(placed) == sorted(nodes):
                 return placed
         time.sleep(1)
-    raise RuntimeError(f"serving on {nodes} nodes expected within {timeout_s:.0f} s; replicas on {placed}")
+    raise RuntimeError(f"replicas on {sorted(nodes)} expected within {timeout_s:.0f} s; they are on {placed}")
 
 
 class Prober:

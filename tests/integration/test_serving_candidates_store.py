@@ -108,6 +108,16 @@ def test_missing_view_and_malformed_values_are_named(online, redis_server):
     finally:
         store.client.set(key, good)
 
+    keys = CandidateStoreKeys(store, "candidates")
+    served = keys.current_run()
+    store.client.set(keys.current, "29990101T000000000000Z")  # a pointer the job did not write: no metadata
+    try:
+        (items, _), _ = view.fetch(12, "user_profile")
+        assert len(items) == 50 and view.run.run == served  # refused; the served run keeps answering
+        assert "no 'rayml:candidates:29990101T000000000000Z:__meta__'" in view.describe()["refused"]
+    finally:
+        store.client.set(keys.current, served)
+
 
 def test_job_entry_point_names_a_missing_candidates_output(online, tmp_path):
     missing = tmp_path / "nope"

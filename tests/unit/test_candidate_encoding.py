@@ -39,7 +39,7 @@ def test_round_trip_keeps_ids_exactly_and_scores_to_float16():
 def test_ids_beyond_int32_and_scores_beyond_float16_are_refused():
     with pytest.raises(CandidateEncodingError, match=r"item ids span \[0, 2147483648\]; int32 holds"):
         encode_candidates(np.array([[0, 2**31]]), np.zeros((1, 2)))
-    with pytest.raises(CandidateEncodingError, match="row 1: score 70000.0 is beyond float16"):
+    with pytest.raises(CandidateEncodingError, match=r"row 1: score 70000\.0 is beyond float16"):
         encode_candidates(np.zeros((2, 2), int), np.array([[1.0, 0.0], [70_000.0, 0.0]]))
     with pytest.raises(CandidateEncodingError, match=r"items \(2, 3\) and scores \(2, 2\)"):
         encode_candidates(np.zeros((2, 3), int), np.zeros((2, 2)))
@@ -72,12 +72,12 @@ def test_parquet_candidates_need_a_path_online_ones_do_not():
 def test_online_candidates_need_a_redis_store_and_their_own_view_name():
     embedded = RecommenderArgs.model_validate(args(candidates_store="online",
                                                    features=str(REPO / "configs/features/demo.yaml")))
-    with pytest.raises(ConfigError, match="args.candidates_store: online needs a Redis online store; .*demo.yaml "
+    with pytest.raises(ConfigError, match=r"args\.candidates_store: online needs a Redis online store; .*demo\.yaml "
                                           "has online_store.type 'embedded'"):
         load_serving_repo(embedded)
     redis = embedded.model_copy(update={"features": str(REPO / "configs/features/redis.yaml")})
     assert load_serving_repo(redis).online_store.type == "redis"
-    with pytest.raises(ConfigError, match="args.candidates_view: 'user_profile' is a feature view"):
+    with pytest.raises(ConfigError, match=r"args\.candidates_view: 'user_profile' is a feature view"):
         load_serving_repo(redis.model_copy(update={"candidates_view": "user_profile"}))
 
 

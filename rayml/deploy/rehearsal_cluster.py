@@ -4,8 +4,9 @@ Each ``ray start`` runs in its own session, so every daemon it leaves behind (GC
 workers) shares that session's process group: a worker node is "reclaimed" by one ``killpg`` of its group, and the
 raylet's descendants are killed by PID too in case one left the group. Every node shares the head's short
 ``--temp-dir`` (Ray puts a worker node's session files under the head's), so teardown kills every process whose
-command line names that folder, plus each worker node's group; nothing is ever matched by process name, and
-``ray stop`` (which stops every Ray on the machine) is never run.
+command line names that folder, plus each node's process group (Ray's worker processes rewrite their command
+lines to ``ray::…``, so only their group finds them); nothing is ever matched by process name, and ``ray stop``
+(which stops every Ray on the machine) is never run.
 
 Ports and ingress files are per node (:func:`rayml.serving.ingress.ingress_env` with a folder and ports of the
 node's own). Serve runs with ``proxy_location: HeadOnly``, so only the head runs HAProxy on the HTTP port.

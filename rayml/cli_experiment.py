@@ -280,3 +280,42 @@ def analyze_cmd(
         _echo_json({"file": str(users), **result.to_dict()})
         return
     _print_result(result, users)
+
+
+@experiment_app.command("export")
+def export_cmd(
+    outcomes: Annotated[Path, typer.Option(help="The outcome log directory (the recommender's rollout.outcomes).")],
+    experiment: Annotated[str, typer.Option(help="Experiment name (rollout.experiment.name).")],
+    out: Annotated[Path, typer.Option(help="Per-user results to write: .parquet or .csv.")],
+    attribution_window_s: Annotated[
+        float, typer.Option(help="A click counts within this long of its request; younger requests wait.")
+    ] = 1800.0,
+    before: Annotated[
+        float | None, typer.Option(help="Epoch seconds of the cut-off (default: now).")
+    ] = None,
+) -> None:
+    """Per-user results of a served experiment from the outcome log: arm, requests, errors, impressions, clicks,
+    ctr. Mature requests only, so every click has had time to arrive. The input of `rayml experiment analyze`."""
+    import time
+
+    from rayml.rollout.outcomes import OutcomeLog
+
+    if not (outcomes / "requests").is_dir():
+        raise _fail(f"--outcomes {outcomes}: no outcome log here (no requests/ folder)")
+    if out.suffix not in (".parquet", ".csv"):
+        raise _fail(f"--out {out}: must end in .parquet or .csv")
+    try:
+        users = OutcomeLog(outcomes).experiment_users(experiment, time.time() if before is None else before,
+                                                      attribution_window_s)
+    except ValueError as exc:
+        raise _fail(f"--outcomes {outcomes}: {exc}") from None
+    if users.empty:
+        raise _fail(f"--outcomes {outcomes}: no mature requests of experiment {experiment!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        users.to_csv(out, index=False)
+    else:
+        users.to_parquet(out, index=False)
+    counts = users.groupby("arm")["user_id"].count().to_dict()
+    console.print(f"wrote {out}: {len(users):,} users ({', '.join(f'{a} {n:,}' for a, n in counts.items())}); "
+                  f"next: rayml experiment analyze {out} --primary ctr --guardrail errors", highlight=False)

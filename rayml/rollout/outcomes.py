@@ -8,7 +8,8 @@ written to a temp name and renamed):
   probabilities for them; ``scores`` is null in logs written before it existed). The canary's requests are all
   logged; production's for a ``production_log_sample`` share of users (by user hash, so a logged user's totals
   are complete). Failed requests are logged too (no items), for the error guardrail. Outside a rollout the
-  monitor's ``outcome_sample`` of users is logged with ``rollout`` empty, for delayed-label performance.
+  monitor's ``outcome_sample`` of users is logged with ``rollout`` empty, for delayed-label performance, and an
+  A/B experiment's users with their ``experiment`` and ``experiment_arm`` (null otherwise).
 - ``clicks``: ``request_id, ts, user_id, item_id`` from ``POST /events`` clicks that carry a ``request_id``.
 
 :meth:`OutcomeLog.gate_inputs` joins them: a click counts for an impression when it names the request, the item
@@ -43,7 +44,8 @@ logger = logging.getLogger(__name__)
 REQUESTS_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("ts", pa.float64()), ("rollout", pa.string()), ("user_id", pa.int64()),
     ("arm", pa.string()), ("model_version", pa.string()), ("status", pa.int16()), ("latency_ms", pa.float32()),
-    ("items", pa.list_(pa.int64())), ("scores", pa.list_(pa.float32())),
+    ("items", pa.list_(pa.int64())), ("scores", pa.list_(pa.float32())), ("experiment", pa.string()),
+    ("experiment_arm", pa.string()),
 ])
 CLICKS_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("ts", pa.float64()), ("user_id", pa.int64()), ("item_id", pa.int64()),
@@ -64,9 +66,11 @@ class OutcomeLogger:
         self.files_written = 0
 
     def served(self, request_id: str, ts: float, rollout: str, user_id: int, arm: str, model_version: str,
-               status: int, latency_ms: float, items: list[int], scores: list[float] | None = None) -> None:
+               status: int, latency_ms: float, items: list[int], scores: list[float] | None = None,
+               experiment: str | None = None, experiment_arm: str | None = None) -> None:
         self._add("requests", (request_id, ts, rollout, int(user_id), arm, model_version, int(status),
-                               float(latency_ms), list(items), None if scores is None else list(scores)))
+                               float(latency_ms), list(items), None if scores is None else list(scores),
+                               experiment, experiment_arm))
 
     def clicked(self, request_id: str, ts: float, user_id: int, item_id: int) -> None:
         self._add("clicks", (request_id, ts, int(user_id), int(item_id)))
@@ -164,6 +168,31 @@ class OutcomeLog:
         hits = set(zip(joined.loc[ok, "request_id"], joined.loc[ok, "item_id"], strict=True))
         rows["clicked"] = [(r, i) in hits for r, i in zip(rows["request_id"], rows["item_id"], strict=True)]
         return rows[columns]
+
+    def experiment_users(self, experiment: str, before: float, window_s: float) -> pd.DataFrame:
+        """Per user of ``experiment``, from its mature requests (older than ``window_s`` at ``before``): ``user_id,
+        arm, requests, errors, impressions, clicks, ctr`` (the input of ``rayml experiment analyze``)."""
+        logged = self._read("requests", REQUESTS_SCHEMA, (ds.field("experiment") == experiment)
+                            & (ds.field("ts") < before))
+        req = logged[logged["ts"] < before - window_s]
+        columns = ["user_id", "arm", "requests", "errors", "impressions", "clicks", "ctr"]
+        if req.empty:
+            return pd.DataFrame({c: pd.Series(dtype=object if c == "arm" else np.float64) for c in columns})
+        since = float(req["ts"].min())
+        clicks = self._read("clicks", CLICKS_SCHEMA, (ds.field("ts") >= since) & (ds.field("ts") < before))
+        clicked, _ = _attributed(req, clicks[clicks["request_id"].isin(req["request_id"])], window_s)
+        req = req.assign(clicks=req["request_id"].map(clicked).fillna(0).astype(np.int64),
+                         impressions=req["items"].map(len).astype(np.int64),
+                         errors=(req["status"] >= 500).astype(np.int64), requests=1)
+        arms = req.groupby("user_id")["experiment_arm"].nunique()
+        if (arms > 1).any():  # the hash is stable, so only a changed salt or arm list can do this
+            raise ValueError(f"experiment {experiment!r}: {int((arms > 1).sum())} users were served by more than "
+                             "one arm (the salt or the arms changed during the experiment)")
+        users = req.groupby("user_id").agg(arm=("experiment_arm", "first"), requests=("requests", "sum"),
+                                           errors=("errors", "sum"), impressions=("impressions", "sum"),
+                                           clicks=("clicks", "sum")).reset_index()
+        users["ctr"] = users["clicks"] / users["impressions"].where(users["impressions"] > 0)
+        return users[columns]
 
     def gate_inputs(self, rollout: str, candidate_label: str, started_at: float, stage_started_at: float,
                     now: float, window_s: float) -> JoinReport:

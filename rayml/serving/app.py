@@ -308,7 +308,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         return JSONResponse({"user_id": rec.user_id, "items": rec.items, "scores": rec.scores,
                              "model_version": rec.model_version, "feature_missing": rec.feature_missing,
                              "degraded": rec.degraded, "features": rec.features, "candidates": rec.candidates,
-                             "request_id": request_id, "arm": assignment.arm if assignment else "production"},
+                             "request_id": request_id, "arm": assignment.arm if assignment else "production",
+                             "experiment_arm": assignment.experiment_arm if assignment else None},
                             headers={"x-model-version": rec.model_version})
 
     @api.get("/admin/monitor", responses=responses(401, 403, 404, 503), openapi_extra=SECURED)

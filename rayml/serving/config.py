@@ -23,6 +23,34 @@ class HealthConfig(StrictModel):
     )
 
 
+class ExperimentArmServing(StrictModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="The arm's name.")
+    weight_pct: float = Field(gt=0, le=100, description="Share of users, percent; the arms sum to 100.")
+    alias: str | None = Field(None, description="Ranker alias the arm serves (one of the served aliases); "
+                              "null: the default ranker.")
+
+
+class ExperimentServing(StrictModel):
+    """An A/B experiment: users split into arms by a hash with the experiment's own salt (orthogonal to the canary).
+    Its users' requests go to the outcome log with their arm; `rayml experiment export` turns them into per-user
+    results for `rayml experiment analyze`."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    salt: str | None = Field(None, description="Hash salt; default: the name. A new salt reshuffles the users.")
+    arms: list[ExperimentArmServing] = Field(min_length=2, max_length=16)
+    log_sample: float = Field(1.0, gt=0, le=1, description="Share of the experiment's users logged (by user hash).")
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentServing:
+        total = sum(a.weight_pct for a in self.arms)
+        if abs(total - 100) > 1e-9:
+            raise ValueError(f"arms: weight_pct sum to {total:g}, not 100")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names repeat ({names})")
+        return self
+
+
 class RolloutServing(StrictModel):
     """Canary routing, outcome logging and shadow traffic in the replicas (the controller: ``rayml.rollout``)."""
 
@@ -31,6 +59,7 @@ class RolloutServing(StrictModel):
     shadow_queue: int = Field(64, ge=1, le=100_000, description="Shadow jobs waiting at most; beyond, dropped.")
     shadow_busy_in_flight: int = Field(
         4, ge=1, le=100_000, description="Shadow work is dropped while this many user requests are in the replica.")
+    experiment: ExperimentServing | None = Field(None, description="An A/B experiment layer; null: none.")
 
     @field_validator("outcomes")
     @classmethod
@@ -143,6 +172,12 @@ class RecommenderArgs(StrictModel):
             raise ValueError(f"default_k={self.default_k} must be <= max_k={self.max_k}")
         if self.monitoring is not None and self.monitoring.outcome_sample > 0 and self.rollout is None:
             raise ValueError("monitoring.outcome_sample needs rollout.outcomes: the outcome log it writes to")
+        experiment = self.rollout.experiment if self.rollout is not None else None
+        served = {self.ranker_alias, *self.ranker_aliases}
+        for i, arm in enumerate(experiment.arms if experiment is not None else []):
+            if arm.alias is not None and arm.alias not in served:
+                raise ValueError(f"rollout.experiment.arms.{i}.alias: {arm.alias!r} is not served; serve it in "
+                                 f"ranker_aliases (served: {sorted(served)})")
         return self
 
     @model_validator(mode="after")

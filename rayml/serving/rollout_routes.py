@@ -22,7 +22,7 @@ from ray.util import metrics
 from rayml.config import format_validation_error
 from rayml.rollout.outcomes import OutcomeLogger
 from rayml.rollout.plan import RolloutPlan
-from rayml.rollout.router import Assignment, Router, logged
+from rayml.rollout.router import Assignment, Experiment, ExperimentArm, Router, logged
 from rayml.rollout.shadow import ShadowConfig, ShadowQueue, ShadowReport, compare_rankings
 from rayml.rollout.state import RolloutConflict, RolloutStore
 from rayml.serving.auth import TokenStore
@@ -59,7 +59,12 @@ class RolloutRoutes:
     def _rollout_setup(self) -> None:
         args = self.core.args
         cfg = args.rollout
-        self.router = Router()
+        experiment = cfg.experiment if cfg is not None else None
+        self.router = Router(experiment=Experiment(
+            name=experiment.name, salt=experiment.salt or experiment.name,
+            arms=tuple(ExperimentArm(a.name, a.weight_pct, a.alias) for a in experiment.arms),
+        ) if experiment is not None else None)
+        self.experiment_log_sample = experiment.log_sample if experiment is not None else 0.0
         self.rollout_store = RolloutStore(args.registry, args.ranker_model)
         self.rollout_id: str | None = None
         self.outcomes = OutcomeLogger(cfg.outcomes, flush_s=cfg.flush_s) if cfg is not None else None
@@ -132,7 +137,9 @@ class RolloutRoutes:
     # -- per request --------------------------------------------------------------------------
     def _route(self, user_id: int, model_alias: str | None) -> Assignment | None:
         """The arm of a request that names no alias; None: no rollout routing (the default ranker serves)."""
-        if model_alias is not None or self.outcomes is None or self.router.weights is None:
+        if model_alias is not None or self.outcomes is None:
+            return None
+        if self.router.weights is None and self.router.experiment is None:
             return None
         return self.router.assign(user_id, time.time())
 
@@ -146,14 +153,19 @@ class RolloutRoutes:
         self.arm_latency.observe(latency_s * 1e3, tags=tags)
         if self.outcomes is None:
             return
+        experiment = self.router.experiment
+        in_experiment = (experiment is not None and assignment is not None and assignment.experiment_arm is not None
+                         and logged(user_id, experiment.salt, self.experiment_log_sample))
         if assignment is not None and assignment.logged and self.rollout_id:
             rollout = self.rollout_id
-        elif self.outcome_sample > 0 and logged(user_id, MONITOR_SALT, self.outcome_sample):
-            rollout = ""  # the monitor's delayed-label sample, outside any rollout
+        elif in_experiment or (self.outcome_sample > 0 and logged(user_id, MONITOR_SALT, self.outcome_sample)):
+            rollout = ""  # an experiment's or the monitor's sample, outside any rollout
         else:
             return
         self.outcomes.served(request_id, time.time() - latency_s, rollout, user_id, arm, model_version, status,
-                             latency_s * 1e3, items, scores)
+                             latency_s * 1e3, items, scores,
+                             experiment.name if in_experiment and experiment is not None else None,
+                             assignment.experiment_arm if in_experiment and assignment is not None else None)
 
     def _clicked(self, request_id: str | None, ts: float, user_id: int, item_id: int, clicked: bool) -> None:
         if clicked and request_id is not None and self.outcomes is not None:

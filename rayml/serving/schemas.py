@@ -31,6 +31,7 @@ class RecommendResponse(BaseModel):
     candidates: str = Field(description="batch: precomputed candidates; realtime: two-tower retrieval at request time.")
     request_id: str = Field(description="Send it back with the clicks (POST /events) to attribute them to this answer.")
     arm: str = Field(description="production or canary: the rollout arm that served the answer.")
+    experiment_arm: str | None = Field(None, description="The A/B experiment's arm of the user; null: none running.")
 
 
 class Event(BaseModel):

@@ -109,15 +109,16 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
 class RedisServer:
     """A real redis-server on a free loopback port, stopped and restarted by PID."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra_args: str) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+             "--dir", str(self.workdir), *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20

@@ -5,6 +5,7 @@ A backend is chosen by ``online_store.type``, looked up in one explicit table (:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -41,6 +42,10 @@ class RedisStoreConfig(StrictModel):
     db: int = Field(0, ge=0, le=1000)
     ttl_s: int | None = Field(None, ge=1, description="Expiry of materialised rows; null: never.")
     timeout_s: float = Field(0.2, gt=0, le=60, description="Socket timeout: a slow Redis counts as down.")
+    password_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the Redis password (e.g. from a Kubernetes Secret); null: no AUTH. "
+        "The password itself never goes in a config file.")
 
 
 OnlineStoreConfig = Annotated[EmbeddedStoreConfig | RedisStoreConfig, Field(discriminator="type")]
@@ -60,7 +65,13 @@ def _make_embedded(config: EmbeddedStoreConfig) -> EmbeddedOnlineStore:
 def _make_redis(config: RedisStoreConfig):
     from rayml.features.redis_store import RedisOnlineStore
 
-    return RedisOnlineStore(config.host, config.port, config.db, ttl_s=config.ttl_s, timeout_s=config.timeout_s)
+    password = None
+    if config.password_env is not None:
+        password = os.environ.get(config.password_env)
+        if not password:
+            raise ConfigError(f"online_store.password_env: environment variable {config.password_env} is not set")
+    return RedisOnlineStore(config.host, config.port, config.db, ttl_s=config.ttl_s, timeout_s=config.timeout_s,
+                            password=password)
 
 
 ONLINE_STORES = {"embedded": _make_embedded, "redis": _make_redis}

@@ -24,14 +24,14 @@ class RedisOnlineStore:
     """Online store on a Redis server (``redis`` client; pipelined writes, MGET reads, optional TTL)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0, prefix: str = "rayml",
-                 ttl_s: int | None = None, timeout_s: float = 0.2) -> None:
+                 ttl_s: int | None = None, timeout_s: float = 0.2, password: str | None = None) -> None:
         import redis
 
         self.address = f"redis://{host}:{port}/{db}"
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self.errors = (redis.ConnectionError, redis.TimeoutError)  # what counts as "down"
-        self.client = redis.Redis(host=host, port=port, db=db, socket_timeout=timeout_s,
+        self.errors = (redis.ConnectionError, redis.TimeoutError)  # what counts as "down" (AuthenticationError is one)
+        self.client = redis.Redis(host=host, port=port, db=db, password=password, socket_timeout=timeout_s,
                                   socket_connect_timeout=timeout_s, health_check_interval=0)
         self._columns: dict[str, list[str]] = {}
 

@@ -81,7 +81,8 @@ def check_serve_config(config_path: str | Path) -> tuple[str, int, list[Recommen
         apps.append(args)
         problems += [f"{path}: {problem}" for problem in overload_problems(i, args, raw["applications"][i])]
         for key in PATH_ARGS:
-            if not Path(getattr(args, key)).exists():
+            value = getattr(args, key)
+            if value is not None and "://" not in str(value) and not Path(value).exists():
                 problems.append(
                     f"{path}: key 'applications.{i}.args.{key}': {app.args[key]} does not exist "
                     "(build the demo data with `make demo-data`)"

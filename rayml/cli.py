@@ -33,8 +33,9 @@ app.add_typer(monitor_app, name="monitor")
 app.add_typer(deploy_app, name="deploy")
 console = Console(soft_wrap=True)
 
-RegistryOpt = Annotated[Path, typer.Option("--registry", help="Registry root directory.")]
-DEFAULT_REGISTRY = Path(".rayml/demo/registry")
+RegistryOpt = Annotated[str, typer.Option(
+    "--registry", help="Registry root: a directory or a URI (s3://bucket/prefix; docs/registry-uri.md).")]
+DEFAULT_REGISTRY = ".rayml/demo/registry"
 
 
 def _fail(message: str) -> typer.Exit:

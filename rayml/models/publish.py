@@ -36,9 +36,11 @@ def code_revision() -> str:
 
 
 def world_lineage(world: World) -> dict[str, Any]:
-    """Training-data snapshot: where the world is and a hash of its config and counts."""
+    """Training-data snapshot: where the world is, a hash of its config and counts, and the end of its log (the
+    monitor's training-data age)."""
     digest = hashlib.sha256((world.path / "world.json").read_bytes()).hexdigest()[:16]
-    return {"world_path": str(world.path.resolve()), "world_digest": digest, "code_revision": code_revision()}
+    return {"world_path": str(world.path.resolve()), "world_digest": digest, "code_revision": code_revision(),
+            "data_end": world.end_date.isoformat()}
 
 
 def _sample_rows(data: TrainingData, n: int = 2048) -> np.ndarray:

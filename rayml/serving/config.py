@@ -167,6 +167,13 @@ class RecommenderArgs(StrictModel):
         return None if value is None else value.model_copy(update={"path": str(Path(value.path).expanduser().resolve())})
 
     @model_validator(mode="after")
+    def _rollout_needs_locks(self) -> RecommenderArgs:
+        if self.rollout is not None and "://" in self.registry:
+            raise ValueError("rollout: needs the registry on a filesystem with file locks (the rollout lease); "
+                             f"registry {self.registry.split('?', 1)[0]} is a URI (docs/registry-uri.md)")
+        return self
+
+    @model_validator(mode="after")
     def _k_order(self) -> RecommenderArgs:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k={self.default_k} must be <= max_k={self.max_k}")

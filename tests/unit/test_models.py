@@ -27,6 +27,7 @@ def test_published_versions_carry_parity_lineage_and_metrics(trained, tiny_world
         assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] <= 1e-4
         assert meta["lineage"]["world_path"] == str(tiny_world.path.resolve())
         assert len(meta["lineage"]["world_digest"]) == 16
+        assert meta["lineage"]["data_end"] == tiny_world.end_date.isoformat()
         assert 0.5 < meta["metrics"]["holdout_auc"] < 1
 
 

@@ -143,3 +143,21 @@ def test_logs_without_scores_few_rows_and_a_corrupt_file_never_crash_it(tmp_path
     assert "outcome log unreadable" in caplog.text
     bad.unlink()
     assert monitor.tick() == []  # the empty window after is skipped, and the monitor goes on
+
+
+def test_freshness_of_a_served_version_from_the_registry(tmp_path):
+    import datetime as dt
+
+    from rayml.registry import ModelRegistry
+    from rayml.serving.monitor_app import Freshness
+
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"weights")
+    registry = ModelRegistry(tmp_path / "registry")
+    version = registry.register("ranker", {"model.onnx": artifact}, {"lineage": {"data_end": "2026-01-15"}})
+    created = dt.datetime.fromisoformat(version.metadata["created_at"]).timestamp()
+    now = created + 3600.0
+    ages = Freshness(str(tmp_path / "registry")).ages(version.label, now=now)
+    assert ages["model"] == pytest.approx(3600.0)
+    assert ages["data"] == pytest.approx(now - dt.datetime(2026, 1, 15, tzinfo=dt.UTC).timestamp())
+    assert Freshness(str(tmp_path / "registry")).ages("ranker:v9", now=now) == {}  # unknown: no gauge, no crash

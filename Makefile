@@ -8,7 +8,7 @@ DEMO := .rayml/demo
 PYTEST_ARGS ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install demo demo-data test test-unit lint bench clean redis-server wrk test-tools
+.PHONY: help install demo demo-data test test-unit lint bench clean redis-server wrk test-tools rehearsal
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ demo-data: install ## Build the demo world, train and register models, generate 
 
 demo: demo-data ## Everything in demo-data, then serve it (HAProxy ingress, auth on: prints tokens and a curl).
 	$(BIN)/rayml serve serve_apps/recommender.yaml
+
+rehearsal: demo-data ## A head and a spot worker on this machine: serve + spot batch, the worker killed mid-job (docs/multinode.md).
+	$(BIN)/python -m rayml.deploy.rehearsal --config configs/rehearsal/local.yaml
 
 redis-server: ## Install redis-server (Debian) when missing; the tests start their own on free ports.
 	@command -v redis-server >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }

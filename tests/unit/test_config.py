@@ -12,6 +12,7 @@ from rayml.batch import CandidateJobConfig
 from rayml.batch.candidate_store import CandidateStoreJobConfig
 from rayml.batch.config import ScoreJobConfig
 from rayml.config import ConfigError, load_config, load_settings
+from rayml.deploy.rehearsal import RehearsalConfig
 from rayml.deploy.spec import DeploySpec
 from rayml.features.definitions import FeatureRepo
 from rayml.models import ModelsConfig
@@ -34,6 +35,7 @@ SCHEMAS = {
     "configs/rollout": RolloutPlan,
     "configs/deploy": DeploySpec,
     "configs/deploy/jobs": ScoreJobConfig,
+    "configs/rehearsal": RehearsalConfig,
 }
 FILE_SCHEMAS = {  # batch/ and deploy/jobs/ hold several kinds of job
     "configs/batch/score_users.yaml": ScoreJobConfig,

@@ -36,8 +36,8 @@ rehearsal: demo-data ## A head and a spot worker on this machine: serve + spot b
 redis-server: ## Install redis-server (Debian) when missing; the tests start their own on free ports.
 	@command -v redis-server >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
-test-tools: redis-server ## Install what the suite drives besides Python: redis-server, chromium (the report test), promtool.
-	@command -v chromium >/dev/null && command -v promtool >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium prometheus; }
+test-tools: redis-server ## Install what the suite drives besides Python: redis-server, chromium (the report test), promtool, tini (the image entrypoint test).
+	@command -v chromium >/dev/null && command -v promtool >/dev/null && command -v tini >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium prometheus tini; }
 
 wrk: ## Install wrk (Debian), the C load generator the edge benchmark drives.
 	@command -v wrk >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }

@@ -26,8 +26,9 @@ def test_recommend_answers_with_ranked_candidates(serve_url, candidates):
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"user_id", "items", "scores", "model_version", "feature_missing", "degraded", "features",
-                         "candidates", "request_id", "arm"}
+                         "candidates", "request_id", "arm", "experiment_arm"}
     assert body["candidates"] == "batch" and body["arm"] == "production"  # no rollout running
+    assert body["experiment_arm"] is None  # no experiment either
     assert isinstance(body["request_id"], str) and body["request_id"]
     assert body["user_id"] == 7 and body["model_version"] == "ranker:v1"
     assert body["feature_missing"] == 0 and body["degraded"] is False and body["features"] is None

@@ -47,12 +47,17 @@ class RankerSessions:
                 self._sessions.popitem(last=False)
         return session
 
-    def score(self, labels: list[str], rows: list[np.ndarray]) -> list[np.ndarray]:
-        """Scores of each request's rows: one ONNX call per version across all requests."""
-        out: dict[int, np.ndarray] = {}
+    def score(self, labels: list[str], rows: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        """Scores of each request's rows: one ONNX call per version across all requests; a version that fails
+        (e.g. cannot load) gives its own requests the exception, and the batch's other versions are answered."""
+        out: dict[int, np.ndarray | Exception] = {}
         for label in dict.fromkeys(labels):
             members = [i for i, name in enumerate(labels) if name == label]
-            scores = self.session(label).run(["score"], {"features": np.concatenate([rows[i] for i in members])})[0]
+            try:
+                scores = self.session(label).run(["score"], {"features": np.concatenate([rows[i] for i in members])})[0]
+            except Exception as exc:
+                out.update(dict.fromkeys(members, exc))
+                continue
             out.update(zip(members, split_rows(scores, [len(rows[i]) for i in members]), strict=True))
         return [out[i] for i in range(len(rows))]
 
@@ -75,12 +80,18 @@ class Ranker:
 
     def reconfigure(self, config: dict) -> None:
         """``user_config``: ``max_batch_size``, ``batch_wait_timeout_s``."""
-        apply_batching(self.score, config, allowed=set())
+        apply_batching(self._score_batch, config, allowed=set())
+
+    async def score(self, request: tuple[str, np.ndarray]) -> np.ndarray:
+        """Scores of ``(version label, encoded rows)``; concurrent requests share one ONNX call per version."""
+        scores = await self._score_batch(request)
+        if isinstance(scores, Exception):  # only this version failed (e.g. a shadow the Ranker cannot load)
+            raise scores
+        return scores
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
-    async def score(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
-        """Each request is ``(version label, encoded rows)``; concurrent ones share one ONNX call per version."""
+    async def _score_batch(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray | Exception]:
         return self.sessions.score([label for label, _ in requests], [rows for _, rows in requests])
 
     def describe(self) -> dict:
-        return {"device": self.device, "loaded": self.sessions.loaded, **batching_state(self.score)}
+        return {"device": self.device, "loaded": self.sessions.loaded, **batching_state(self._score_batch)}

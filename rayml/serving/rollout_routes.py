@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,10 +30,15 @@ from rayml.serving.auth import TokenStore
 from rayml.serving.health_routes import replica_id
 from rayml.serving.http_api import IN_FLIGHT, SECURED, Authorization, api, responses
 from rayml.serving.recommender import Prepared, RecommenderCore
+from rayml.serving.stages import LoadedRanker
 
 logger = logging.getLogger("ray.serve")
 MONITOR_SALT = "rayml-monitor-outcomes"  # the monitor's user sample is independent of any rollout's buckets
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 2000]
+# A split-plan shadow call waits this long for the Ranker deployment, then counts as a shadow error. Room for the
+# Ranker's first use of the shadow version (a load with checksums); the queue runs one job at a time, so a stuck
+# Ranker fills the bounded queue and the rest are dropped, never waited on.
+SHADOW_RANK_TIMEOUT_S = 5.0
 
 
 class StartRollout(BaseModel):
@@ -50,11 +56,28 @@ class StartShadow(BaseModel):
     config: dict[str, Any] = Field(default_factory=lambda: {"fraction": 0.1}, description="ShadowConfig.")
 
 
+async def _ranker_scores(handle: Any, label: str, rows: np.ndarray, timeout_s: float) -> np.ndarray:
+    """Scores of ``rows`` by the Ranker deployment under version ``label``; awaited on the loop the handle routes
+    from. Raises TimeoutError (the call cancelled, best effort) when no answer came within ``timeout_s``."""
+    response = handle.score.remote((label, rows))
+
+    async def answer() -> np.ndarray:
+        return await response
+
+    try:
+        return await asyncio.wait_for(answer(), timeout_s)
+    except TimeoutError:
+        response.cancel()
+        raise TimeoutError(f"the Ranker deployment did not score {label} within {timeout_s:g}s") from None
+
+
 class RolloutRoutes:
-    """Mixin of the recommender deployment; needs ``self.core`` and ``self.auth``."""
+    """Mixin of the recommender deployment; needs ``self.core``, ``self.auth`` and ``self.ranker`` (the split
+    plan's handle to the Ranker deployment, None in the fused plan)."""
 
     core: RecommenderCore
     auth: TokenStore
+    ranker: Any
 
     def _rollout_setup(self) -> None:
         args = self.core.args
@@ -172,7 +195,12 @@ class RolloutRoutes:
             self.outcomes.clicked(request_id, ts, user_id, item_id)
 
     def _shadow_tap(self, p: Prepared) -> None:
-        """Mirror a production answer: after it is sent, the shadow scores exactly the rows production scored."""
+        """Mirror a production answer: after it is sent, the shadow scores exactly the rows production scored.
+
+        Fused plan: the whole comparison runs on a worker thread. Split plan (a Ranker handle): the shadow's own
+        encoders encode the rows on a worker thread, the Ranker deployment scores them under the shadow version's
+        label, awaited on the replica's loop (where the handle routes) for at most ``SHADOW_RANK_TIMEOUT_S``.
+        """
         shadow = self.shadow
         if shadow is None or p.call.alias is not None or random.random() >= shadow["config"].fraction:
             return
@@ -180,28 +208,53 @@ class RolloutRoutes:
         if shadow["alias"] not in ranking.extra or p.scores is None:
             return
         prod_scores = p.scores.copy()
+        args, keys = self.core.args, self.core.lookup
 
-        def compare() -> None:
-            started = time.perf_counter()
-            try:
-                loaded = ranking.extra[shadow["alias"]].value
-                rows = ranking.encode(loaded, p.call.user_id, p.lookups[self.core.args.user_view],
-                                      self.core.lookup.user_key, p.item_ids, p.lookups[self.core.args.item_view],
-                                      self.core.lookup.item_key)
-                scores = ranking.score(loaded, rows)
-            except Exception as exc:
-                with shadow["lock"]:
-                    shadow["report"].record_error(f"{type(exc).__name__}: {exc}")
-                raise
+        def encoded() -> tuple[LoadedRanker, np.ndarray]:
+            loaded = ranking.extra[shadow["alias"]].value
+            return loaded, ranking.encode(loaded, p.call.user_id, p.lookups[args.user_view], keys.user_key,
+                                          p.item_ids, p.lookups[args.item_view], keys.item_key)
+
+        def failed(exc: Exception) -> None:
+            with shadow["lock"]:
+                shadow["report"].record_error(f"{type(exc).__name__}: {exc}")
+
+        def record(scores: np.ndarray, started: float) -> None:
             latency_ms = (time.perf_counter() - started) * 1e3
             comparison = compare_rankings(p.item_ids.tolist(), prod_scores, scores, shadow["config"].k)
             with shadow["lock"]:  # the poll thread reads the report
                 shadow["report"].record_comparison(comparison, latency_ms)
 
-        async def job() -> None:
-            # Off the event loop: ONNX Runtime and numpy release the GIL, so on a second core the shadow's
-            # work runs beside the user requests instead of in front of them.
-            await asyncio.to_thread(compare)
+        handle = getattr(self, "ranker", None)
+        if handle is None:
+            def compare() -> None:
+                started = time.perf_counter()
+                try:
+                    loaded, rows = encoded()
+                    scores = ranking.score(loaded, rows)
+                except Exception as exc:
+                    failed(exc)
+                    raise
+                record(scores, started)
+
+            async def job() -> None:
+                # Off the event loop: ONNX Runtime and numpy release the GIL, so on a second core the shadow's
+                # work runs beside the user requests instead of in front of them.
+                await asyncio.to_thread(compare)
+        else:
+            async def job() -> None:
+                # The queue's worker is a task on the replica's loop (started by the first offer, from a request),
+                # the loop the handle routes from; only the encoding and the statistics go to a thread.
+                started = time.perf_counter()
+                try:
+                    loaded, rows = await asyncio.to_thread(encoded)
+                    scores = await _ranker_scores(handle, loaded.model_version, rows, SHADOW_RANK_TIMEOUT_S)
+                except Exception as exc:
+                    # A RayTaskError's text is the Ranker's traceback; the report keeps 200 characters: the cause.
+                    cause = getattr(exc, "cause", None)
+                    failed(cause if isinstance(cause, Exception) else exc)
+                    raise
+                await asyncio.to_thread(record, scores, started)
 
         shadow["queue"].offer(job)
 

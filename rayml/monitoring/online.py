@@ -246,6 +246,11 @@ class Monitor:
         self.results = [*self.results, result][-cfg.keep_results:]
         return result
 
+    def open_versions(self) -> set[str]:
+        """Versions with a window still open: the ones whose rows arrive now, i.e. that serve."""
+        with self._lock:
+            return {version for version, _ in self.windows}
+
     def status(self) -> dict[str, Any]:
         return {"open_windows": len(self.windows), "received": self.received, "late_rows": self.late_rows,
                 "bad_rows": self.bad_rows, "baselines": {v: len(r) for v, r in self.baselines.items()},

@@ -41,7 +41,7 @@ class FeatureLogger:
         self.path = Path(config.path)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._tables: list[pa.Table] = []
+        self._requests: list[tuple[str, float, int, dict[str, np.ndarray]]] = []  # (request id, ts, rows, columns)
         self._rows = 0
         self.files_written = 0
         self.dropped_rows = 0  # rows lost to a failed write (counted, logged; the requests still succeed)
@@ -50,31 +50,27 @@ class FeatureLogger:
         return self._rng.random() < self.config.sample_rate
 
     def log(self, ts: float, keys: dict[str, np.ndarray], lookups: dict[str, Lookup]) -> None:
-        """Log one request: ``keys`` are entity-key columns aligned by row; each lookup is prefixed by its name."""
+        """Log one request: ``keys`` are entity-key columns aligned by row; each lookup is prefixed by its name.
+
+        The request's arrays are only buffered here (copied, so a later in-place update of a window cannot change
+        them); the Arrow table is built once per flush, a column at a time, not once per request.
+        """
         n = len(next(iter(keys.values())))
-        columns: dict[str, pa.Array] = {
-            "request_id": pa.array([uuid.uuid4().hex] * n),
-            "ts": pa.array([dt.datetime.fromtimestamp(ts, dt.UTC).replace(tzinfo=None)] * n, pa.timestamp("us")),
-        }
-        columns.update({key: pa.array(np.asarray(ids, np.int64)) for key, ids in keys.items()})
+        columns: dict[str, np.ndarray] = {key: np.asarray(ids, np.int64).copy() for key, ids in keys.items()}
         for prefix, lookup in lookups.items():
             for name, values in lookup.columns.items():
-                values = np.repeat(values, n) if len(values) == 1 and n > 1 else values
-                array = pa.array(values, from_pandas=True)
-                # All missing (e.g. Redis returns NaN for a string feature nobody has): the null type, which
-                # concatenation promotes to whatever type the other requests' values have.
-                columns[f"{prefix}.{name}"] = pa.nulls(len(array)) if array.null_count == len(array) else array
-        table = pa.table(columns)
+                values = np.asarray(values)
+                columns[f"{prefix}.{name}"] = np.repeat(values, n) if len(values) == 1 and n > 1 else values.copy()
         with self._lock:
-            self._tables.append(table)
+            self._requests.append((uuid.uuid4().hex, ts, n, columns))
             self._rows += n
             if self._rows >= self.config.flush_rows:
                 buffered = self._rows
                 try:
                     self._write_locked()
-                except (OSError, pa.ArrowException) as exc:  # the log is best effort: never fail the request
+                except (OSError, pa.ArrowException, ValueError) as exc:  # best effort: never fail the request
                     self.dropped_rows += buffered
-                    self._tables, self._rows = [], 0
+                    self._requests, self._rows = [], 0
                     logger.error("served-feature log: dropped a buffer (%s: %s)", type(exc).__name__, exc)
 
     def flush(self) -> None:
@@ -82,10 +78,10 @@ class FeatureLogger:
             self._write_locked()
 
     def _write_locked(self) -> None:
-        if not self._tables:
+        if not self._requests:
             return
-        table = pa.concat_tables(self._tables, promote_options="default")
-        self._tables, self._rows = [], 0
+        requests, self._requests, self._rows = self._requests, [], 0
+        table = buffered_table(requests)
         day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
         folder = self.path / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -94,3 +90,30 @@ class FeatureLogger:
         pq.write_table(table, tmp)
         os.replace(tmp, folder / name)
         self.files_written += 1
+
+
+def buffered_table(requests: list[tuple[str, float, int, dict[str, np.ndarray]]]) -> pa.Table:
+    """One table of buffered requests: ``request_id``, ``ts``, then every column in first-seen order.
+
+    A column a request lacks is null in its rows. Missing values (None, NaN) are null, and a column no request has
+    a value of is of the null type; a string feature that one request got as all-NaN floats (what Redis answers
+    when no entity has it) is still a string column, with nulls there.
+    """
+    sizes = np.array([n for _, _, n, _ in requests])
+    micros = np.round(np.array([ts for _, ts, _, _ in requests]) * 1e6).astype(np.int64)
+    out: dict[str, pa.Array] = {
+        "request_id": pa.array(np.repeat(np.array([rid for rid, _, _, _ in requests], dtype=object), sizes)),
+        "ts": pa.array(np.repeat(micros, sizes), pa.int64()).cast(pa.timestamp("us")),
+    }
+    names = list(dict.fromkeys(name for _, _, _, columns in requests for name in columns))
+    for name in names:
+        parts = [columns[name] if name in columns else np.full(n, None, dtype=object)
+                 for _, _, n, columns in requests]
+        kinds = {part.dtype.kind for part in parts}
+        if (len(kinds) == 1 and "O" not in kinds) or kinds <= {"i", "u", "f"}:
+            values = np.concatenate(parts)
+        else:  # strings, or a mix: one object column (NaN and None become nulls)
+            values = np.concatenate([part.astype(object) for part in parts])
+        array = pa.array(values, from_pandas=True)
+        out[name] = pa.nulls(len(array)) if array.null_count == len(array) else array
+    return pa.table(out)

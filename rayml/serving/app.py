@@ -7,6 +7,7 @@ Routes by concern: recommend, score and events here; OIP in :mod:`rayml.serving.
 # No `from __future__ import annotations`: FastAPI must see the real request-model classes.
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -14,7 +15,8 @@ from typing import Any
 
 import numpy as np
 from fastapi import HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.util import metrics
@@ -27,6 +29,7 @@ from rayml.serving.auth import TokenStore
 from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.batching import apply_batching, batching_state
 from rayml.serving.config import RecommenderArgs, load_serving_repo
+from rayml.serving.fast_routes import ROUTES, Scope, header, is_json
 from rayml.serving.health import ReplicaHealth
 from rayml.serving.health_routes import HealthRoutes, replica_id
 from rayml.serving.http_api import (
@@ -94,6 +97,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         self.latency = LatencyWindow(window_s=10.0)
         self._rollout_setup()
         self._monitoring_setup()
+        ROUTES[("POST", "/recommend")] = self._recommend_fast
         if edge.alias_poll_s > 0:
             threading.Thread(target=self._poll_aliases, name="alias-poll", daemon=True).start()
 
@@ -262,6 +266,20 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         Without ``model_alias``, a running rollout's router picks the arm (production or canary) by the user's
         hash; the answer names its ``arm``, ``model_version`` and ``request_id`` (send it back with the clicks).
         """
+        return await self._recommend(request, http.state.request_id, authorization)
+
+    async def _recommend_fast(self, scope: Scope, body: bytes) -> Response | None:
+        """``POST /recommend`` past FastAPI's router (:mod:`rayml.serving.fast_routes`): a JSON body that is a
+        valid request is answered here; anything else (None) goes through FastAPI, which names the bad field."""
+        if not is_json(scope):
+            return None
+        try:
+            request = RecommendRequest.model_validate(json.loads(body))
+        except (ValueError, ValidationError):  # JSONDecodeError is a ValueError
+            return None
+        return await self._recommend(request, scope["state"]["request_id"], header(scope, b"authorization"))
+
+    async def _recommend(self, request: RecommendRequest, request_id: str, authorization: str | None) -> JSONResponse:
         self.auth.check(authorization, "admin" if request.explain else "read")
         k = request.k or self.core.args.default_k
         if k > self.core.args.max_k:
@@ -271,7 +289,6 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
                          "msg": f"Input should be less than or equal to {self.core.args.max_k}", "input": k}],
             )
         started = time.perf_counter()
-        request_id = http.state.request_id
         assignment = self._route(request.user_id, request.model_alias)
         alias = assignment.alias if assignment is not None else request.model_alias
         try:

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from rayml.serving.auth import AuthError
 from rayml.serving.config import RecommenderArgs
+from rayml.serving.fast_routes import ROUTES, FastRoutes, Handler
 from rayml.serving.http_guards import AccessLog, BodyLimit, InFlight, RequestCount
 
 access_logger = logging.getLogger("ray.serve")
@@ -55,6 +56,15 @@ def _admission() -> tuple[int, int]:
     return EDGE["max_in_flight"], EDGE["retry_after_s"]
 
 
+def _fast_routes() -> dict[tuple[str, str], Handler]:
+    return ROUTES
+
+
+def _exception_handlers() -> dict[Any, Any]:
+    return api.exception_handlers
+
+
+api.add_middleware(FastRoutes, handlers=_fast_routes, exception_handlers=_exception_handlers)  # first: innermost
 api.add_middleware(BodyLimit, max_bytes=_max_body_bytes)
 api.add_middleware(AccessLog, sample_rate=_access_log_sample, sink=_access_line)
 api.add_middleware(InFlight, counter=_in_flight, limit=_admission)  # last: outermost, counts from the first byte

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -35,3 +37,25 @@ def test_a_failed_write_drops_the_buffer_and_never_raises(tmp_path):
     ids = {"user_id": np.array([1, 1])}
     log.log(1.0, ids, {"user_profile": lookup(np.array(["books"], dtype=object))})  # reaches flush_rows: writes
     assert log.dropped_rows == 2 and log.files_written == 0
+
+
+def test_rows_and_types_match_one_table_per_request(tmp_path):
+    """The buffered build gives what one table per request, concatenated, gave: ids, times, values, nulls."""
+    log = FeatureLogger(FeatureLogConfig(path=str(tmp_path / "log"), sample_rate=1.0, flush_rows=10_000))
+    window = np.array([3], np.int64)
+    log.log(1.25, {"user_id": np.array([7, 7, 7]), "item_id": np.array([1, 2, 3])},
+            {"user_profile": lookup(np.array(["books"], dtype=object)),
+             "item_stats": Lookup({"ctr": np.array([0.1, np.nan, 0.3])}, np.array([True, False, True])),
+             "rt": Lookup({"clicks": window}, np.array([True]))})
+    window[0] = 99  # a window updated in place after the request: the logged value stays 3
+    log.log(2.5, {"user_id": np.array([8]), "item_id": np.array([4])},
+            {"user_profile": lookup(np.array(["music"], dtype=object))})  # no item_stats, no rt
+    log.flush()
+    rows = pq.read_table(tmp_path / "log").to_pylist()
+    assert [r["user_id"] for r in rows] == [7, 7, 7, 8] and [r["item_id"] for r in rows] == [1, 2, 3, 4]
+    assert len({r["request_id"] for r in rows[:3]}) == 1 and rows[3]["request_id"] != rows[0]["request_id"]
+    assert [r["ts"].replace(tzinfo=dt.UTC).timestamp() for r in rows] == [1.25, 1.25, 1.25, 2.5]
+    assert [r["item_stats.ctr"] for r in rows] == [0.1, None, 0.3, None]
+    assert [r["rt.clicks"] for r in rows] == [3, 3, 3, None]
+    assert [r["user_profile.fav_category"] for r in rows] == ["books"] * 3 + ["music"]
+    assert [r["user_profile.age"] for r in rows] == [31.0] * 4

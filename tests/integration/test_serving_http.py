@@ -105,3 +105,29 @@ def test_unknown_user_is_404_with_json_error(serve_url, tiny_world):
     response = post(serve_url, {"user_id": tiny_world.n_users + 10})
     assert response.status_code == 404
     assert response.json() == {"detail": f"user_id {tiny_world.n_users + 10} is unknown"}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "application/vnd.rayml+json", "text/plain"])
+def test_the_shortcut_and_fastapi_give_the_same_answer(serve_url, content_type):
+    """`application/json` takes the shortcut past FastAPI's router (rayml.serving.fast_routes); any other content
+    type goes through FastAPI itself. Both must answer alike, for a good body and for a bad one."""
+    def answer(body: str) -> tuple[int, dict]:
+        response = requests.post(f"{serve_url}/recommend", data=body, headers={"content-type": content_type},
+                                 timeout=30)
+        payload = response.json()
+        payload.pop("request_id", None)
+        return response.status_code, payload
+
+    plain = requests.post(f"{serve_url}/recommend", json={"user_id": 11, "k": 4}, timeout=30).json()
+    plain.pop("request_id")
+    if content_type == "text/plain":  # FastAPI parses JSON content types only; the shortcut takes no other
+        status, refused = answer('{"user_id": 11, "k": 4}')
+        assert status == 422 and refused["detail"][0]["loc"] == ["body"], refused
+        return
+    assert answer('{"user_id": 11, "k": 4}') == (200, plain)
+    status, bad = answer('{"user_id": 11, "k": 0}')
+    assert status == 422 and bad["detail"][0]["loc"] == ["body", "k"]
+    status, unknown = answer('{"user_id": 11, "kk": 3}')
+    assert status == 422 and bad["detail"][0]["type"] == "greater_than_equal" and unknown["detail"][0]["loc"] == [
+        "body", "kk"]

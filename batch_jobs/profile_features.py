@@ -1,7 +1,8 @@
-"""Profile the features of a Parquet dataset on Ray Data into one mergeable profile (DataSketches).
+"""Profile the features of a Parquet dataset on Ray into one mergeable profile (DataSketches).
 
-Every Ray Data batch becomes one serialized partial profile (whole Arrow columns into the sketches, no per-row
-Python); the driver streams the partials and merges them, so memory stays flat however many rows there are.
+A fixed pool of actors reads the files (whole Arrow columns into the sketches, no per-row Python), each folding
+its batches into one running profile; the driver merges the pool's few partials, so the worker processes, the
+object store and each worker's memory stay flat however many rows and files there are.
 The profile is written to ``--out`` and, with ``--registry``, stored as a reference of a model version.
 
 Run locally:          python batch_jobs/profile_features.py --source data/train --out /tmp/train.profile
@@ -12,8 +13,10 @@ Submit to a cluster:  ray job submit --working-dir . -- python batch_jobs/profil
 
 from __future__ import annotations
 
+import ctypes
 import json
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,27 +42,38 @@ from rayml.monitoring.sketches import (
 from rayml.registry import ModelRegistry, RegistryError
 from rayml.registry.store import PROFILE_KINDS
 
+DEFAULT_BATCH_ROWS = 262_144  # rows per batch read from Parquet: large enough that per-batch Python is noise
+
 
 @dataclass
 class ProfileRun:
-    """A finished profiling run: the merged profile, how many partials made it, and the wall time."""
+    """A finished profiling run: the merged profile, the partials merged (one per actor), the batches and
+    fragments (files, or row groups) read, and the wall time."""
 
     profile: Profile
     partials: int
+    batches: int
+    fragments: int
     seconds: float
     source: str
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "rows": self.profile.rows, "features": len(self.profile.features),
-                "partials": self.partials, "seconds": round(self.seconds, 3), "k": self.profile.k,
+                "partials": self.partials, "batches": self.batches, "fragments": self.fragments,
+                "seconds": round(self.seconds, 3), "k": self.profile.k,
                 "rank_error": round(self.profile.rank_error, 6)}
+
+
+def parquet_dataset(source: str) -> pads.Dataset:
+    """The Parquet dataset at ``source`` (a file or directory, local or a pyarrow URI; hive partitions)."""
+    return pads.dataset(source, format="parquet", partitioning="hive")
 
 
 def feature_schema(source: str, columns: Sequence[str] | None = None, categorical: Sequence[str] = (),
                    numeric: Sequence[str] = ()) -> dict[str, str]:
     """Feature → kind for a Parquet dataset, from its metadata: inferred kinds, overridden by ``categorical``
     and ``numeric``; ``columns`` restricts the features. Columns of unsupported types are skipped."""
-    arrow_schema = pads.dataset(source, format="parquet", partitioning="hive").schema
+    arrow_schema = parquet_dataset(source).schema
     names = list(columns) if columns else arrow_schema.names
     unknown = [c for c in [*names, *categorical, *numeric] if c not in arrow_schema.names]
     if unknown:
@@ -77,38 +91,108 @@ def feature_schema(source: str, columns: Sequence[str] | None = None, categorica
 
 def profile_parquet(source: str, *, columns: Sequence[str] | None = None, categorical: Sequence[str] = (),
                     numeric: Sequence[str] = (), k: int = DEFAULT_K, lg_max_k: int = DEFAULT_LG_MAX_K,
-                    lg_k: int = DEFAULT_LG_K, batch_size: int | None = None,
-                    num_cpus: float = 1.0, override_num_blocks: int | None = None) -> ProfileRun:
+                    lg_k: int = DEFAULT_LG_K, batch_size: int | None = None, num_cpus: float = 1.0,
+                    concurrency: int | None = None) -> ProfileRun:
     """Profile ``source`` (a Parquet file or directory, local or a pyarrow URI) on the current Ray.
 
-    ``batch_size=None`` profiles each Ray Data block as it was read (no re-batching copies); each batch returns
-    one row holding its serialized partial, and the driver merges the partials as they stream in.
+    A fixed pool of ``concurrency`` actors (``num_cpus`` each; default: as many as the cluster's CPUs hold, at
+    most one per file) reads the files, one file per call handed to whichever started actor is free, and folds
+    every batch of ``batch_size`` rows into the actor's one running profile. Rows never leave the actor that read
+    them; each actor returns its profile once, at the end, and the driver merges those as they arrive. So the
+    number of worker processes, the object store (at most ``concurrency`` partials of ~1.4 MB) and each worker's
+    memory (one file's row group being read) do not grow with the row count. A file with many row groups is split
+    by row group when there are fewer files than actors. ``partials`` in the result counts the actors that got
+    work (on a busy cluster, fewer than ``concurrency`` may start in time).
     """
     import ray
 
     started = time.perf_counter()
     schema = feature_schema(source, columns, categorical, numeric)
     params = {"k": k, "lg_max_k": lg_max_k, "lg_k": lg_k}
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size: must be at least 1, got {batch_size}")
+    if num_cpus <= 0:
+        raise ConfigError(f"num_cpus: must be positive, got {num_cpus}")
+    dataset = parquet_dataset(source)
+    units: list[pads.Fragment] = list(dataset.get_fragments())
+    if concurrency is None:
+        concurrency = max(1, int(ray.cluster_resources().get("CPU", 0.0) // num_cpus))
+    if concurrency < 1:
+        raise ConfigError(f"concurrency: must be at least 1, got {concurrency}")
+    if len(units) < concurrency:
+        units = [piece for fragment in units for piece in fragment.split_by_row_group()]
+    pool = min(concurrency, max(len(units), 1))
+    names, dataset_schema, rows_per_batch = list(schema), dataset.schema, batch_size or DEFAULT_BATCH_ROWS
 
-    def partial(batch: pa.Table) -> pa.Table:  # runs on Ray workers; self-contained so it pickles by value
-        data = Profile(schema, **params).update(batch).serialize()
-        pa.default_memory_pool().release_unused()  # hand decoded column buffers back between batches
-        return pa.table({"profile": pa.array([data], pa.binary())})
+    class ProfileFold:  # defined here so Ray pickles it by value: the job module need not be importable
+        """One running profile; ``fold`` adds a file (or row group) batch by batch, ``result`` returns it."""
 
-    # One read task per file by default: Ray Data's size-based bucketing may otherwise put several files
-    # into one task and leave cores idle.
-    blocks = override_num_blocks or len(pads.dataset(source, format="parquet", partitioning="hive").files)
-    ds = ray.data.read_parquet(source, override_num_blocks=max(blocks, 1)).select_columns(list(schema))
-    parts = ds.map_batches(partial, batch_format="pyarrow", batch_size=batch_size, zero_copy_batch=True,
-                           num_cpus=num_cpus)
-    merged = Profile(schema, **params)
-    count = 0
-    for block in parts.iter_batches(batch_format="pyarrow", batch_size=None):
-        assert isinstance(block, pa.Table)
-        for data in block.column("profile").to_pylist():
+        def __init__(self) -> None:
+            self.profile = Profile(schema, **params)
+            self.batches = 0
+            try:
+                self.malloc_trim: Any = ctypes.CDLL(None).malloc_trim  # glibc only
+            except (OSError, AttributeError):
+                self.malloc_trim = None
+
+        def fold(self, unit: pads.Fragment) -> int:
+            scanner = pads.Scanner.from_fragment(unit, schema=dataset_schema, columns=names,
+                                                 batch_size=rows_per_batch, batch_readahead=1)
+            for batch in scanner.to_batches():
+                self.profile.update(batch)
+                self.batches += 1
+                del batch
+            del scanner
+            # Hand decoded buffers back between files: Arrow's pool, then glibc's heap (numpy's float64
+            # copies), which otherwise keeps freed pages and lets a long-lived actor's RSS creep up.
+            pa.default_memory_pool().release_unused()
+            if self.malloc_trim is not None:
+                self.malloc_trim(0)
+            return self.batches
+
+        def ready(self) -> bool:
+            return True
+
+        def result(self) -> tuple[bytes, int]:
+            return self.profile.serialize(), self.batches
+
+    actors: list[Any] = [ray.remote(num_cpus=num_cpus)(ProfileFold).remote() for _ in range(pool)]
+    try:
+        # Work goes only to actors that have started: on a busy cluster some may wait for a CPU for long, and
+        # files queued on them would stall the run. Each started actor holds two calls, so it begins the next
+        # file without a round trip; then it gets one more file whenever one finishes.
+        queue = deque(units)
+        starting = {actor.ready.remote(): actor for actor in actors}
+        running: dict[Any, Any] = {}  # fold ref → its actor
+        working: list[Any] = []
+        while running or (queue and starting):
+            [done], _ = ray.wait([*running, *starting], num_returns=1)
+            if done in starting:
+                actor = starting.pop(done)
+                ray.get(done)  # raises if the actor could not start
+                if queue:
+                    working.append(actor)
+                calls = 2
+            else:
+                actor = running.pop(done)
+                ray.get(done)  # raises the actor's error (a ProfileError names the feature)
+                calls = 1
+            for _ in range(calls):
+                if queue:
+                    running[actor.fold.remote(queue.popleft())] = actor
+        merged = Profile(schema, **params)
+        batches = 0
+        results = [actor.result.remote() for actor in working]
+        while results:  # merged as they arrive, so at most the pool's partials are ever in the object store
+            [done], results = ray.wait(results, num_returns=1)
+            data, n = ray.get(done)
             merged.merge(Profile.deserialize(data))
-            count += 1
-    return ProfileRun(merged, count, time.perf_counter() - started, source)
+            batches += n
+            del data, done
+    finally:
+        for actor in actors:
+            ray.kill(actor)  # free the processes now, not when the handles are collected
+    return ProfileRun(merged, len(working), batches, len(units), time.perf_counter() - started, source)
 
 
 def write_profile(profile: Profile, out: str) -> str:
@@ -137,7 +221,7 @@ def main(
     columns: Annotated[str | None, typer.Option(help="Comma-separated features (default: all).")] = None,
     categorical: Annotated[str, typer.Option(help="Comma-separated columns to treat as categorical.")] = "",
     k: Annotated[int, typer.Option(help="KLL k (rank error 0.00278 at 1000).")] = DEFAULT_K,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per partial (default: one per block).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Rows per batch read (default {DEFAULT_BATCH_ROWS}).")] = None,
 ) -> None:
     from rayml.config import init_ray
 

@@ -1,4 +1,4 @@
-"""batch_jobs/profile_features.py on the shared Ray: partial profiles per batch merge into the in-process profile."""
+"""batch_jobs/profile_features.py on the shared Ray: a fixed pool of folding actors gives the in-process profile."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def test_job_profile_equals_in_process_profile(ray_session, parquet_dir, tmp_pat
     run = job.profile_parquet(str(folder), categorical=["code"], num_cpus=0.5, batch_size=8_000)
     profile = run.profile
     local = Profile.from_frame(table, {"x": "numeric", "z": "numeric", "city": "categorical", "code": "categorical"})
-    assert run.partials >= ROWS // 8_000  # many partials, merged on the driver
+    assert run.fragments == FILES and run.batches == FILES * 2  # 10k-row files in batches of 8k
+    assert 1 <= run.partials <= FILES  # one partial per actor of the pool (4 at 0.5 CPU on 2), not one per batch
     assert profile.rows == local.rows == ROWS
     assert profile.schema == local.schema
     for name in ("x", "z"):
@@ -83,3 +84,25 @@ def test_job_profile_equals_in_process_profile(ray_session, parquet_dir, tmp_pat
     registry.register("ranker", {"m.onnx": artifact}, {})
     save_reference(registry, "ranker", 1, "training", profile, {"source": str(folder)})
     assert load_reference(registry, "ranker", 1).summary() == profile.summary()
+
+
+def test_pool_size_is_fixed_and_rows_are_folded_exactly(ray_session, parquet_dir, tmp_path):
+    """Two actors fold five files into at most two partials; a lone file of row groups is split among them."""
+    job = load_job()
+    folder, table = parquet_dir
+    schema = {"x": "numeric", "z": "numeric", "city": "categorical", "code": "categorical"}
+    local = Profile.from_frame(table, schema)
+    run = job.profile_parquet(str(folder), categorical=["code"], num_cpus=0.5, concurrency=2)
+    assert (run.fragments, run.batches) == (FILES, FILES)
+    assert 1 <= run.partials <= 2  # the pool's size, whatever the number of files (an actor slow to start gets none)
+    assert run.profile.rows == ROWS
+    assert run.profile.numeric("z").mean == pytest.approx(local.numeric("z").mean, rel=1e-12)
+    assert run.profile.top_categories("city", 40) == local.top_categories("city", 40)
+
+    single = tmp_path / "single"
+    single.mkdir()
+    pq.write_table(table, single / "all.parquet", row_group_size=ROWS // 4)
+    run = job.profile_parquet(str(single), categorical=["code"], num_cpus=0.5, concurrency=2)
+    assert run.fragments == 4 and 1 <= run.partials <= 2
+    assert run.profile.rows == ROWS
+    assert run.profile.numeric("x").missing == local.numeric("x").missing

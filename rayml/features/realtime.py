@@ -4,7 +4,7 @@ One definition (:class:`RealtimeConfig`) drives three implementations that must 
 
 - :class:`EmbeddedWindowStore`: in-process counters (one replica's view of the events it ingested);
 - :class:`RedisWindowStore`: counters in Redis shared by every replica (``HINCRBY`` per bucket, one pipelined
-  round trip per lookup);
+  round trip per lookup, which can share a pipeline with a request's other reads);
 - :func:`offline_window_features`: the same aggregates recomputed from an event log, for training and the
   train/serve skew check.
 
@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
 from rayml.features.online import Lookup
-from rayml.features.redis_store import OnlineStoreUnavailable, RedisOnlineStore
+from rayml.features.redis_store import Finish, OnlineStoreUnavailable, RedisOnlineStore
 
 COUNTERS = ("impressions", "clicks")
 
@@ -262,26 +262,58 @@ class RedisWindowStore:
             pipe.expire(key, self.expire_s)
 
     def lookup(self, entity: str, ids: np.ndarray, now: float) -> Lookup:
+        """Windowed counters of ``entity`` for ``ids`` at ``now``, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
-        for entity_id in ids:
-            pipe.hgetall(self._key(entity, int(entity_id)))
-        per_id = []
-        for fields in self._execute(pipe):
-            buckets: dict[int, list[int]] = {}
-            for field, value in fields.items():
-                bucket, counter = field.decode().split(":")
-                buckets.setdefault(int(bucket), [0, 0])[counter == "c"] += int(value)
-            per_id.append(buckets)
-        return window_lookup(self.config, per_id, now)
+        finish = self.queue_lookup(pipe, entity, ids, now)
+        return finish(iter(self._execute(pipe)))
+
+    def queue_lookup(self, pipe, entity: str, ids: np.ndarray, now: float) -> Finish:
+        """Queue the reads of :meth:`lookup` into ``pipe`` (one HGETALL an id); the returned function makes the
+        :class:`Lookup` of their replies."""
+        keys = [self._key(entity, i) for i in np.asarray(ids, np.int64).tolist()]
+        for key in keys:
+            pipe.hgetall(key)
+        return lambda replies: hash_window_lookup(self.config, [next(replies) for _ in keys], now)
 
     def recent_clicks(self, user_ids: np.ndarray) -> list[np.ndarray]:
         """Each user's recently clicked item ids (int64), newest first, in one round trip; empty for unknown users."""
-        if not self.config.recent_clicks:
-            return [np.zeros(0, np.int64) for _ in user_ids]
         pipe = self.client.pipeline(transaction=False)
-        for user in user_ids:
-            pipe.zrevrange(self._clicks_key(int(user)), 0, self.config.recent_clicks - 1)
-        return [np.array([int(m) for m in members], np.int64) for members in self._execute(pipe)]
+        finish = self.queue_recent_clicks(pipe, user_ids)
+        return finish(iter(self._execute(pipe)))  # an empty pipeline sends nothing
+
+    def queue_recent_clicks(self, pipe, user_ids: np.ndarray) -> Finish:
+        """Queue the reads of :meth:`recent_clicks` into ``pipe`` (none when ``recent_clicks`` is 0)."""
+        users = np.asarray(user_ids, np.int64).tolist()
+        if not self.config.recent_clicks:
+            return lambda replies: [np.zeros(0, np.int64) for _ in users]
+        for user in users:
+            pipe.zrevrange(self._clicks_key(user), 0, self.config.recent_clicks - 1)
+        return lambda replies: [np.array(next(replies), dtype=np.int64).reshape(-1) for _ in users]
+
+
+def hash_window_lookup(config: RealtimeConfig, hashes: list[dict[bytes, bytes]], now: float) -> Lookup:
+    """:func:`window_lookup` of counters read from Redis: one hash an id, fields ``<bucket>:i`` / ``<bucket>:c``.
+
+    Vectorised: every field of every id is parsed by one numpy call, and each window is one ``bincount``.
+    """
+    n = len(hashes)
+    columns = {name: np.zeros(n, np.float64) for name in config.feature_names}
+    sizes = np.fromiter(map(len, hashes), dtype=np.int64, count=n)
+    if not sizes.any():
+        return Lookup(columns, np.ones(n, bool))
+    fields = b" ".join([b" ".join(h) for h in hashes if h]).replace(b":i", b" 0").replace(b":c", b" 1")
+    parsed = np.fromstring(fields, dtype=np.int64, sep=" ").reshape(-1, 2)  # [F, 2]: bucket, 0 impressions / 1 clicks
+    counts = np.fromstring(b" ".join([b" ".join(h.values()) for h in hashes if h]), dtype=np.float64, sep=" ")  # [F]
+    if len(parsed) != len(counts) or len(counts) != sizes.sum():
+        raise ValueError("real-time counters in Redis are not `<bucket>:i|c` → integer fields")
+    row = np.repeat(np.arange(n), sizes)  # [F] the id each field belongs to
+    bucket, clicks = parsed[:, 0], parsed[:, 1].astype(bool)
+    now_bucket = int(np.floor(now / config.bucket_s))
+    for window, seconds in config.windows.items():
+        inside = (bucket >= now_bucket - seconds // config.bucket_s + 1) & (bucket <= now_bucket)
+        for name, mask in ((f"impressions_{window}", inside & ~clicks), (f"clicks_{window}", inside & clicks)):
+            columns[name] = np.bincount(row[mask], weights=counts[mask], minlength=n).astype(np.float64, copy=False)
+    return Lookup(columns, np.ones(n, bool))  # no events in a window is a count of 0, not missing
 
 
 def offline_recent_clicks(

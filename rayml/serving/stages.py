@@ -224,37 +224,53 @@ class CandidateRetrieval:
 
 class FeatureLookup:
     """The online features one request needs: the user's and the candidates' batch views, real-time windows on
-    demand, and the user's recently clicked items for the post-filters."""
+    demand, and the user's recently clicked items for the post-filters.
+
+    Everything :meth:`lookup` reads is one :meth:`OnlineFeatures.read` (one round trip on Redis), and the item
+    view's rows are kept in this process between materializations. The recent clicks ride along once the caller
+    has asked for them (:meth:`recently_clicked` right after :meth:`lookup` then answers without a round trip).
+    """
+
+    CLICKS_FRESH_S = 1.0  # clicks a lookup read answer this thread's next recently_clicked for this long
 
     def __init__(self, features: OnlineFeatures, user_view: str, item_view: str) -> None:
         self.features = features
         self.user_view, self.item_view = user_view, item_view
         self.user_key = features.key_of_view(user_view)
         self.item_key = features.key_of_view(item_view)
+        features.cache_view(item_view)  # item rows change only when materialized (bounded by the catalog)
+        self.wants_clicks = False  # set by the first recently_clicked: from then on lookups read them too
 
     def lookup(self, user_id: int, item_ids: np.ndarray, now: float, realtime: bool = True,
-               user: Lookup | None = None) -> dict[str, Lookup]:
+               user: Lookup | None = None, clicks: bool | None = None) -> dict[str, Lookup]:
         """Batch views always; with ``realtime`` the windows too (the ranker does not read them yet: they are
         fetched for the served-feature log and ``explain``). ``user``: the user's row when retrieval already
-        fetched it (not fetched again).
+        fetched it (not fetched again). ``clicks``: read the user's recent clicks in the same round trip, for the
+        :meth:`recently_clicked` that follows (default: once the caller has asked for them).
 
         Raises:
             OnlineStoreUnavailable: the store is down.
         """
-        lookups = {
-            self.user_view: user if user is not None else self.features.get(self.user_view, np.array([user_id])),
-            self.item_view: self.features.get(self.item_view, item_ids),
-        }
-        windows = self.features.repo.realtime
-        for entity in windows.entities if windows and realtime else []:
+        rows = {self.item_view: item_ids}
+        if user is None:
+            rows = {self.user_view: np.array([user_id]), **rows}
+        windows = {}
+        config = self.features.repo.realtime
+        for entity in config.entities if config and realtime else []:
             key = self.features.repo.entities[entity].key
-            ids = np.array([user_id]) if key == self.user_key else item_ids
-            lookups[f"rt.{entity}"] = self.features.realtime(entity, ids, now)
+            windows[entity] = np.array([user_id]) if key == self.user_key else item_ids
+        with_clicks = (self.wants_clicks if clicks is None else clicks) and config is not None
+        read = self.features.read(rows, windows, now, user_id if with_clicks else None)
+        lookups = {self.user_view: user if user is not None else read.rows[self.user_view],
+                   self.item_view: read.rows[self.item_view]}
+        for entity, counters in read.windows.items():
+            lookups[f"rt.{entity}"] = counters
         return lookups
 
     def recently_clicked(self, user_id: int) -> np.ndarray:
         """Items the user clicked lately (from the ingested events), newest first."""
-        return self.features.recent_clicks(user_id)
+        self.wants_clicks = True
+        return self.features.recent_clicks(user_id, fresh_s=self.CLICKS_FRESH_S)
 
 
 # ----- ranking -----

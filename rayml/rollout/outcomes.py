@@ -98,7 +98,9 @@ class OutcomeLogger:
         self._rows[log] = []
         schema = REQUESTS_SCHEMA if log == "requests" else CLICKS_SCHEMA
         try:
-            table = pa.Table.from_pylist([dict(zip(schema.names, r, strict=True)) for r in rows], schema=schema)
+            columns = zip(*rows, strict=True)  # a column at a time: no dict per row
+            table = pa.Table.from_arrays([pa.array(list(values), type=field.type)
+                                          for values, field in zip(columns, schema, strict=True)], schema=schema)
             day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
             folder = self.path / log / f"date={day}"
             folder.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,13 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+LOCKS := cluster/docker/requirements.lock cluster/docker/requirements.cpu.lock
+
+# The runtime packages install at the image's pinned versions (the locks as constraints): the dev venv is what
+# the image runs, and a new upstream release changes nothing until `cluster/docker/lock.py` is rerun.
+$(STAMP): pyproject.toml $(LOCKS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(addprefix -c ,$(LOCKS)) -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install rayml with its dev tools (only when pyproject changed).

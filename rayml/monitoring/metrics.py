@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def dcg_at_k(gains: np.ndarray, k: int) -> np.ndarray:
@@ -33,5 +32,9 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUC needs both positive and negative labels")
+    from scipy.stats import (
+        rankdata,  # here: a serving replica imports this module, and scipy.stats is slow
+    )
+
     ranks = rankdata(scores)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

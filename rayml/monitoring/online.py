@@ -1,6 +1,6 @@
 """Online monitoring: replicas sample what they serve; one monitor deployment windows it and runs the detectors.
 
-**In the replica** (:class:`MonitorTap`): a ``sample_rate`` share of answered requests is kept as one row each
+**In the replica** (:class:`rayml.monitoring.tap.MonitorTap`): a ``sample_rate`` share of answered requests is kept as one row each
 (event time, the model version, the user's raw online features, the top and mean score, the ``request_id``). Rows
 are buffered and sent at most once a second per replica, by a thread of their own, as one message of columns: the
 response never waits for monitoring, and a full buffer drops rows (counted).
@@ -59,57 +59,6 @@ class MonitorConfig(StrictModel):
     keep_results: int = Field(500, ge=1, description="Closed-window results kept in memory and on disk.")
     performance: PerformanceConfig | None = Field(
         None, description="Delayed-label performance and label-free estimates from the outcome log; null: off.")
-
-
-# -- replica side ---------------------------------------------------------------------------------------------
-class MonitorTap:
-    """Samples rows in a replica and ships them as one message per ``send_every_s`` (never on the request path).
-
-    ``send`` gets ``{"replica", "columns": {name: list}}`` and must not block (a Serve handle's ``.remote``).
-    """
-
-    def __init__(self, sample_rate: float, send: Callable[[dict[str, Any]], Any], replica: str = "local",
-                 send_every_s: float = 1.0, max_rows: int = 10_000) -> None:
-        self.sample_rate, self.send, self.replica = sample_rate, send, replica
-        self.send_every_s, self.max_rows = send_every_s, max_rows
-        self._rows: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self.sent_rows = self.dropped_rows = self.send_errors = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, name="monitor-tap", daemon=True).start()
-
-    def sampled(self) -> bool:
-        return self.sample_rate >= 1 or random.random() < self.sample_rate
-
-    def add(self, row: dict[str, Any]) -> None:
-        with self._lock:
-            if len(self._rows) >= self.max_rows:
-                self.dropped_rows += 1
-                return
-            self._rows.append(row)
-
-    def flush(self) -> None:
-        with self._lock:
-            rows, self._rows = self._rows, []
-        if not rows:
-            return
-        columns = {key: [r.get(key) for r in rows] for key in dict.fromkeys(k for r in rows for k in r)}
-        try:
-            self.send({"replica": self.replica, "columns": columns})
-            self.sent_rows += len(rows)
-        except Exception as exc:  # the monitor is down: these rows are lost, counted; serving goes on
-            self.send_errors += 1
-            self.dropped_rows += len(rows)
-            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            logger.warning("monitor tap: send failed (%s: %s)", type(exc).__name__, exc)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.send_every_s):
-            self.flush()
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 # -- monitor side ---------------------------------------------------------------------------------------------

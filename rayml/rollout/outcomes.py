@@ -29,6 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from rayml.rollout.gates import ArmStats, GateInputs
-from rayml.rollout.sequential import latency_histogram
+if TYPE_CHECKING:  # the gates (and their scipy) load where a controller joins the log, not in a serving replica
+    from rayml.rollout.gates import ArmStats, GateInputs
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ class OutcomeLog:
         in_stage = req[req["ts"] >= stage_started_at]
         stage_users = tuple(int(in_stage.loc[(in_stage["arm"] == arm) & (in_stage["impressions"] > 0),
                                              "user_id"].nunique()) for arm in ("canary", "production"))
+        from rayml.rollout.gates import GateInputs
+
         inputs = GateInputs(canary=arms["canary"], production=arms["production"],
                             stage_users=(stage_users[0], stage_users[1]), stage_canary_users=stage_users[0])
         return JoinReport(inputs=inputs, unknown_clicks=unknown, late_clicks=late, requests=len(req))
@@ -230,6 +233,9 @@ def _attributed(req: pd.DataFrame, clicks: pd.DataFrame, window_s: float) -> tup
 
 
 def _arm_stats(req: pd.DataFrame) -> ArmStats:
+    from rayml.rollout.gates import ArmStats
+    from rayml.rollout.sequential import latency_histogram
+
     hist = latency_histogram(req["latency_ms"].to_numpy(np.float64))
     errors = int((req["status"] >= 500).sum())
     per_user = req[req["impressions"] > 0].groupby("user_id")[["clicks", "impressions"]].sum()

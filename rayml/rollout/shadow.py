@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.stats import kendalltau
 
 __all__ = [
     "AgreementSummary",
@@ -160,6 +159,10 @@ def _kendall_tau(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
         return math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from scipy.stats import (
+            kendalltau,  # here: replicas import this module; scipy.stats costs ~0.5 s
+        )
+
         tau = float(kendalltau(a, b, variant="b").statistic)
     return tau if math.isfinite(tau) else math.nan
 

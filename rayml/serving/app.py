@@ -24,7 +24,7 @@ from ray.util import metrics
 from rayml.features.definitions import FeatureRepo
 from rayml.features.realtime import Events
 from rayml.features.redis_store import OnlineStoreUnavailable
-from rayml.monitoring.online import MonitorTap
+from rayml.monitoring.tap import MonitorTap
 from rayml.serving.auth import TokenStore
 from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.batching import apply_batching, batching_state

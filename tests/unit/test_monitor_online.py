@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rayml.monitoring.alerts import AlertRule
-from rayml.monitoring.online import Monitor, MonitorConfig, MonitorTap, drift_rows
+from rayml.monitoring.online import Monitor, MonitorConfig, drift_rows
+from rayml.monitoring.tap import MonitorTap
 
 pytestmark = pytest.mark.unit
 HOUR = 3600.0

@@ -31,6 +31,15 @@ def test_import_is_cheap_and_side_effect_free(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_serving_replica_does_not_import_the_statistics_stack(tmp_path):
+    """A replacement replica's start is on the recovery path (issue 11): scipy.stats and statsmodels cost about a
+    second of CPU and the replica needs neither until a shadow compares or a rollout starts."""
+    code = ("import sys, rayml.serving.app; "
+            "print(sorted(m for m in ('scipy.stats', 'statsmodels', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_a_gpu_session_on_a_cpu_only_onnxruntime_is_a_clear_error(tmp_path):
     import onnxruntime as ort
 

@@ -22,17 +22,31 @@ sys.path.insert(0, str(Path(__file__).parent))
 from edge import emit, script, start_cluster, stop_cluster, wrk
 
 
-def replica_pids() -> list[int]:
-    """PIDs of this run's recommender replicas (Ray titles them ``ray::ServeReplica:<app>:<deployment>``)."""
+def replica_pids(app: str = "failure") -> list[int]:
+    """PIDs of ``app``'s replicas (Ray titles them ``ray::ServeReplica:<app>:<deployment>``)."""
     pids = []
+    prefix = f"ray::ServeReplica:{app}:".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::ServeReplica:failure:"):
+                if (entry / "cmdline").read_bytes().startswith(prefix):
                     pids.append(int(entry.name))
             except OSError:
                 continue
     return sorted(pids)
+
+
+def startup_of(url: str, pid: int | None) -> dict | None:
+    """The replacement replica's own startup figures (``/healthz`` ``startup_s``), asked until it answers."""
+    import requests
+
+    health = url.rsplit("/", 1)[0] + "/healthz"
+    for _ in range(50):
+        body = requests.get(health, timeout=5).json()
+        if pid is None or (body.get("startup_s") or {}).get("pid") == pid:
+            return body.get("startup_s")
+        time.sleep(0.05)
+    return None
 
 
 def main() -> None:
@@ -56,13 +70,17 @@ def main() -> None:
         rec = script(private, "recommend", sample, tokens["read"])
         wrk(url, rec, 4, 3)
         pids = replica_pids()
-        slices, killed, victim = [], None, None
+        slices, killed, victim, replacement = [], None, None, None
         for second in range(args.seconds):
             if second == args.kill_at:
                 victim = pids[0]
                 os.kill(victim, signal.SIGKILL)
                 killed = time.monotonic()
             row = wrk(url, rec, args.connections, 1, timeout_s=2)
+            if killed is not None and replacement is None:
+                replacement = next((p for p in replica_pids() if p not in pids), None)
+                if replacement is not None:  # its process exists: Serve started it (imports and init follow)
+                    row["replacement_pid_seen_s"] = round(time.monotonic() - killed, 1)
             slices.append(row)
             emit({"bench": "replica_failure", "second": second, **row})
         before = float(np.median([r["goodput"] for r in slices[: args.kill_at]]))
@@ -78,7 +96,10 @@ def main() -> None:
         emit({"bench": "replica_failure", "replicas": len(pids), "victim": victim, "requests": total, "lost": lost,
               "lost_share": round(lost / max(total, 1), 5), "lost_statuses": lost_codes,
               "timeouts": sum(r["timeouts"] for r in slices), "median_goodput_before": before,
-              "seconds_to_90pct": back, "killed_at_s": args.kill_at, "wall_s": round(time.monotonic() - killed, 1)})
+              "seconds_to_90pct": back, "killed_at_s": args.kill_at, "wall_s": round(time.monotonic() - killed, 1),
+              "replacement_pid_seen_s": next((r["replacement_pid_seen_s"] for r in slices
+                                              if "replacement_pid_seen_s" in r), None),
+              "replacement_startup_s": startup_of(url, replacement)})
     finally:
         stop_cluster(private)
 

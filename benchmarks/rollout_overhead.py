@@ -24,7 +24,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from statistics import median
+from statistics import median, quantiles
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from edge import emit, script, shipped_deployment, start_cluster, stop_cluster, wrk
@@ -46,10 +47,29 @@ def measured(url: str, lua: Path, connections: int, seconds: float) -> dict:
     return {**result, "cpu_us_per_request": round(used_s / max(total, 1) * 1e6, 1)}
 
 
+def spread(ratios: list[float]) -> dict[str, Any]:
+    """The median on/off ratio and its quartiles over the pairs (the box's own noise shows in their distance)."""
+    q1, _, q3 = quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return {"median_ratio": round(median(ratios), 3), "quartiles": [round(q1, 3), round(q3, 3)], "pairs": len(ratios)}
+
+
+def abba(pair: int, modes: tuple[Any, Any]) -> tuple[Any, Any]:
+    """Off then on in even pairs, on then off in odd ones: a box that drifts (it does, by up to 20 % over a few
+    minutes here) then biases neither side of the ratio."""
+    return modes if pair % 2 == 0 else (modes[1], modes[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--only", choices=("router", "shadow", "monitoring"), action="append",
+                        help="run only these parts (repeatable); default: all three")
+    parser.add_argument("--canary-pct", type=float, default=50.0,
+                        help="the canary's weight while the router is on (the plan's first stage)")
+    parser.add_argument("--monitor-aa", action="store_true",
+                        help="A/A control: the second app samples nothing, so the ratio shows what two apps differ "
+                        "by without monitoring")
     a = parser.parse_args()
 
     from ray import serve
@@ -78,7 +98,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/recommend"
         lua = script(private, "recommend", users, tokens["read"])
         plan = load_config("configs/rollout/production.yaml", RolloutPlan).model_copy(
-            update={"stages": [{"weight_pct": 50, "min_samples": 100, "min_duration_s": 1e9},
+            update={"stages": [{"weight_pct": a.canary_pct, "min_samples": 100, "min_duration_s": 1e9},
                                {"weight_pct": 100, "min_samples": 100, "min_duration_s": 1e9}],
                     "weights_ttl_s": 3600.0})
         plan = RolloutPlan.model_validate(plan.model_dump())
@@ -92,62 +112,76 @@ def main() -> None:
                 command(root, "ranker", "abort")
             time.sleep(2.5)  # > alias_poll_s: every replica re-read the weights
 
-        router = {"off": [], "on": []}
-        for _ in range(a.pairs):
-            for mode in ("off", "on"):
+        parts = set(a.only or ("router", "shadow", "monitoring"))
+        router: dict[str, list[dict]] = {"off": [], "on": []}
+        for i in range(a.pairs if "router" in parts else 0):
+            for mode in abba(i, ("off", "on")):
                 rollout(mode == "on")
                 router[mode].append(emit({"bench": "rollout_overhead", "what": "router+outcome log", "mode": mode,
                                           **measured(url, lua, 32, a.seconds)}))
-        ratio = median(on["req_per_s"] / off["req_per_s"] for off, on in zip(router["off"], router["on"], strict=True))
-        emit({"bench": "rollout_overhead", "summary": "router+outcome log", "median_throughput_ratio": round(ratio, 3),
-              "cpu_us_off": median(r["cpu_us_per_request"] for r in router["off"]),
-              "cpu_us_on": median(r["cpu_us_per_request"] for r in router["on"]), "target": ">= 0.97"})
-
-        peak = max(r["req_per_s"] for r in router["off"])
-        ladder = [measured(url, lua, c, a.seconds / 2) for c in (1, 2, 4)]
-        half = min(ladder, key=lambda r: abs(r["req_per_s"] - peak / 2))
-        c = half["connections"]
-        emit({"bench": "rollout_overhead", "what": "half load", "peak": peak, "connections": c,
-              "req_per_s": half["req_per_s"]})
-        shadow = {"off": [], "on": []}
-        for _ in range(a.pairs):
-            for mode in ("off", "on"):
-                store.set_shadow({"alias": "shadow", "config": {"fraction": 0.1}} if mode == "on" else None)
-                time.sleep(2.5)
-                shadow[mode].append(emit({"bench": "rollout_overhead", "what": "shadow 10%", "mode": mode,
-                                          **measured(url, lua, c, a.seconds)}))
-        ratio = median(on["p99_ms"] / off["p99_ms"] for off, on in zip(shadow["off"], shadow["on"], strict=True))
-        reports = store.shadow_reports()
-        compared = sum(((r or {}).get("report") or {}).get("current", {}).get("requests", 0) or 0
-                       for r in reports.values())
-        emit({"bench": "rollout_overhead", "summary": "shadow 10%", "connections": c,
-              "median_p99_ratio": round(ratio, 3), "p99_off_ms": median(r["p99_ms"] for r in shadow["off"]),
-              "p99_on_ms": median(r["p99_ms"] for r in shadow["on"]), "compared_in_last_window": compared,
-              "target": "<= 1.05"})
-
-        from rayml.serving.config import MonitoringServing
-        from rayml.serving.monitor_app import MonitorArgs, build_monitor
-
-        serve.run(build_monitor(MonitorArgs(monitor={"window_s": 60, "state_dir": str(private / "monitor")})),
-                  name="monitor", route_prefix=None)
-        monitored = args.model_copy(update={"rollout": None, "monitoring": MonitoringServing(sample_rate=0.1)})
-        plain = args.model_copy(update={"rollout": None})
-        serve.run(shipped_deployment(CONFIG, plain), name="recommender", route_prefix="/")
-        serve.run(shipped_deployment(CONFIG, monitored), name="monitored", route_prefix="/mon")
-        on_url = f"http://127.0.0.1:{port}/mon/recommend"
-        wrk(on_url, lua, 32, 4)
-        monitoring = {"off": [], "on": []}
-        for _ in range(a.pairs):
-            for mode, target in (("off", url), ("on", on_url)):
-                monitoring[mode].append(emit({"bench": "rollout_overhead", "what": "monitoring 10%", "mode": mode,
-                                              **measured(target, lua, 32, a.seconds)}))
-        ratio = median(on["req_per_s"] / off["req_per_s"]
-                       for off, on in zip(monitoring["off"], monitoring["on"], strict=True))
-        emit({"bench": "rollout_overhead", "summary": "monitoring 10%", "median_throughput_ratio": round(ratio, 3),
-              "cpu_us_off": median(r["cpu_us_per_request"] for r in monitoring["off"]),
-              "cpu_us_on": median(r["cpu_us_per_request"] for r in monitoring["on"]), "target": ">= 0.97"})
+        if router["on"]:
+            ratios = [on["req_per_s"] / off["req_per_s"] for off, on in zip(router["off"], router["on"], strict=True)]
+            emit({"bench": "rollout_overhead", "summary": "router+outcome log", "canary_pct": a.canary_pct,
+                  "throughput": spread(ratios),
+                  "cpu_us_off": median(r["cpu_us_per_request"] for r in router["off"]),
+                  "cpu_us_on": median(r["cpu_us_per_request"] for r in router["on"]), "target": ">= 0.97"})
+        if "shadow" in parts:
+            shadow_overhead(a, url, lua, store, router["off"])
+        if "monitoring" in parts:
+            monitoring_overhead(a, args, private, port, url, lua)
     finally:
         stop_cluster(private)
+
+
+def shadow_overhead(a: argparse.Namespace, url: str, lua: Path, store: Any, router_off: list[dict]) -> None:
+    peak = max(r["req_per_s"] for r in router_off) if router_off else measured(url, lua, 32, a.seconds)["req_per_s"]
+    ladder = [measured(url, lua, c, a.seconds / 2) for c in (1, 2, 4)]
+    half = min(ladder, key=lambda r: abs(r["req_per_s"] - peak / 2))
+    c = half["connections"]
+    emit({"bench": "rollout_overhead", "what": "half load", "peak": peak, "connections": c,
+          "req_per_s": half["req_per_s"]})
+    shadow = {"off": [], "on": []}
+    for i in range(a.pairs):
+        for mode in abba(i, ("off", "on")):
+            store.set_shadow({"alias": "shadow", "config": {"fraction": 0.1}} if mode == "on" else None)
+            time.sleep(2.5)
+            shadow[mode].append(emit({"bench": "rollout_overhead", "what": "shadow 10%", "mode": mode,
+                                      **measured(url, lua, c, a.seconds)}))
+    ratios = [on["p99_ms"] / off["p99_ms"] for off, on in zip(shadow["off"], shadow["on"], strict=True)]
+    reports = store.shadow_reports()
+    compared = sum(((r or {}).get("report") or {}).get("current", {}).get("requests", 0) or 0
+                   for r in reports.values())
+    emit({"bench": "rollout_overhead", "summary": "shadow 10%", "connections": c,
+          "p99": spread(ratios), "p99_off_ms": median(r["p99_ms"] for r in shadow["off"]),
+          "p99_on_ms": median(r["p99_ms"] for r in shadow["on"]), "compared_in_last_window": compared,
+          "target": "<= 1.05"})
+
+
+def monitoring_overhead(a: argparse.Namespace, args: Any, private: Path, port: int, url: str, lua: Path) -> None:
+    from ray import serve
+
+    from rayml.serving.config import MonitoringServing
+    from rayml.serving.monitor_app import MonitorArgs, build_monitor
+
+    serve.run(build_monitor(MonitorArgs(monitor={"window_s": 60, "state_dir": str(private / "monitor")})),
+              name="monitor", route_prefix=None)
+    monitored = args.model_copy(update={"rollout": None, "monitoring": MonitoringServing(
+        sample_rate=0.0 if a.monitor_aa else 0.1)})
+    plain = args.model_copy(update={"rollout": None})
+    serve.run(shipped_deployment(CONFIG, plain), name="recommender", route_prefix="/")
+    serve.run(shipped_deployment(CONFIG, monitored), name="monitored", route_prefix="/mon")
+    on_url = f"http://127.0.0.1:{port}/mon/recommend"
+    wrk(on_url, lua, 32, 4)
+    monitoring = {"off": [], "on": []}
+    for i in range(a.pairs):
+        for mode, target in abba(i, (("off", url), ("on", on_url))):
+            monitoring[mode].append(emit({"bench": "rollout_overhead", "what": "monitoring 10%", "mode": mode,
+                                          **measured(target, lua, 32, a.seconds)}))
+    ratios = [on["req_per_s"] / off["req_per_s"] for off, on in zip(monitoring["off"], monitoring["on"], strict=True)]
+    emit({"bench": "rollout_overhead", "summary": "monitoring A/A (0%)" if a.monitor_aa else "monitoring 10%",
+          "throughput": spread(ratios),
+          "cpu_us_off": median(r["cpu_us_per_request"] for r in monitoring["off"]),
+          "cpu_us_on": median(r["cpu_us_per_request"] for r in monitoring["on"]), "target": ">= 0.97"})
 
 
 if __name__ == "__main__":

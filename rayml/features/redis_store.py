@@ -44,14 +44,18 @@ class RedisOnlineStore:
                  cache_max_rows: int = CACHE_MAX_ROWS) -> None:
         """``cache_max_rows``: the most rows one view's cache holds (see :meth:`cache_view`)."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.address = f"redis://{host}:{port}/{db}"
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.cache_max_rows = cache_max_rows
         self.errors = (redis.ConnectionError, redis.TimeoutError)  # what counts as "down" (AuthenticationError is one)
+        # No client-side retries: redis-py 8's default (10, with backoff) made one call to a dead Redis take 4-5 s;
+        # the callers' breaker decides when to try again (one socket timeout per interval).
         self.client = redis.Redis(host=host, port=port, db=db, password=password, socket_timeout=timeout_s,
-                                  socket_connect_timeout=timeout_s, health_check_interval=0)
+                                  socket_connect_timeout=timeout_s, health_check_interval=0, retry=Retry(NoBackoff(), 0))
         self._columns: dict[str, list[str]] = {}
         self._caches: dict[str, CachedRows | None] = {}  # cached view → its rows (None: none held yet)
 
@@ -144,8 +148,9 @@ class RedisOnlineStore:
                     cache.add(fetch, self.decode_rows(view, raw))
                 return cache.lookup(wanted, features)
             current = self._caches.get(view)
-            if current is not None and current.version != version:
+            if current is not None and current.version != version and version is not None:
                 self._columns.pop(view, None)  # a new materialization may have new columns
+            # (no token: Redis was emptied; the known columns stay, and every id decodes as not found)
             if cache is not None:  # the held rows are stale: read every id of this lookup again
                 version, raw = self._read_rows(view, wanted)
             rows = self.decode_rows(view, raw)

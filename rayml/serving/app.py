@@ -9,6 +9,7 @@ Routes by concern: recommend, score and events here; OIP in :mod:`rayml.serving.
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -66,6 +67,7 @@ __all__ = ["RankerUnavailable", "Recommender", "RecommenderIngress", "build_reco
 
 logger = logging.getLogger("ray.serve")
 document_oip(api)
+IMPORTED_AT = time.monotonic()  # a replica's start: its process imports this module first
 
 
 class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
@@ -74,6 +76,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
 
     def __init__(self, args: dict, repo: dict, ranker: Any = None) -> None:
         """``ranker``: the split plan's handle to the :class:`rayml.serving.ranker.Ranker` deployment."""
+        started = time.monotonic()
         # Serve ships init args to replicas as plain data, so the models travel as dicts.
         self.core = RecommenderCore(RecommenderArgs.model_validate(args), FeatureRepo.model_validate(repo))
         self.ranker = ranker
@@ -100,6 +103,11 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         ROUTES[("POST", "/recommend")] = self._recommend_fast
         if edge.alias_poll_s > 0:
             threading.Thread(target=self._poll_aliases, name="alias-poll", daemon=True).start()
+        done = time.monotonic()
+        self.startup_s = {"init": round(done - started, 3), "since_import": round(done - IMPORTED_AT, 3),
+                          "pid": os.getpid()}
+        logger.info("recommender replica ready: init %.2f s, %.2f s after its module was imported",
+                    self.startup_s["init"], self.startup_s["since_import"])
 
     def _monitoring_setup(self) -> None:
         """Send a sample of served rows to the monitor deployment (a thread ships them once a second)."""

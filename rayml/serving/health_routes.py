@@ -98,6 +98,7 @@ class HealthRoutes:
             "online_store": core.features.backend, "online_store_errors": core.features.errors,
             "model_call_failures": self.health.calls.total_failures,
             "ingress": cluster_ingress(), "replica": replica_id(), "plan": core.args.plan,
+            "startup_s": getattr(self, "startup_s", None),  # init, and since the replica's imports began
             "auth": {"enabled": core.args.auth.enabled, "protect_reads": core.args.auth.protect_reads},
             "batching": self.batching(),  # type: ignore[attr-defined]
             **extra,

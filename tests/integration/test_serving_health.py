@@ -41,6 +41,8 @@ def test_redis_down_30s_degrades_and_unreadies_without_a_restart(
     try:
         before = health(base)
         assert before["status"] == "ok" and before["ready"] is True
+        startup = before["startup_s"]  # what a replacement replica's start costs (replica-failure recovery)
+        assert 0 < startup["init"] <= startup["since_import"], startup
         redis_server.stop()
         deadline = time.monotonic() + 30
         statuses: set[int] = set()

@@ -207,17 +207,17 @@ def main() -> None:
         stop_cluster(private)
 
 
-def shipped_deployment(config: str, app_args):
-    """The recommender with the shipped YAML's deployment options (queue bounds, backpressure, CPU share), at one
-    replica instead of autoscaling, so every run compares like with like."""
+def shipped_deployment(config: str, app_args, num_replicas: int = 1):
+    """The recommender with the shipped YAML's deployment options (queue bounds, backpressure, CPU share, health
+    checks), at a fixed ``num_replicas`` instead of autoscaling, so every run compares like with like."""
     from rayml.serving.app import Recommender
     from rayml.serving.config import load_serving_repo
 
     options = dict(yaml.safe_load(Path(config).read_text())["applications"][0]["deployments"][0])
     keep = ("max_ongoing_requests", "max_queued_requests", "backpressure_config", "ray_actor_options",
-            "graceful_shutdown_timeout_s")
+            "graceful_shutdown_timeout_s", "health_check_period_s", "health_check_timeout_s")
     chosen = {key: options[key] for key in keep if key in options}
-    return Recommender.options(num_replicas=1, **chosen).bind(app_args.model_dump(),
+    return Recommender.options(num_replicas=num_replicas, **chosen).bind(app_args.model_dump(),
                                                               load_serving_repo(app_args).model_dump())
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from edge import emit, script, start_cluster, stop_cluster, wrk
+from edge import emit, script, shipped_deployment, start_cluster, stop_cluster, wrk
 
 
 def replica_pids(app: str = "failure") -> list[int]:
@@ -59,13 +59,9 @@ def main() -> None:
     private, _, app_args, tokens, sample, port = start_cluster(args.config)
     from ray import serve
 
-    from rayml.serving.app import Recommender
-    from rayml.serving.config import load_serving_repo
-
     try:
         served = app_args.model_copy(update={"feature_log": None})
-        app = Recommender.options(num_replicas=2).bind(served.model_dump(), load_serving_repo(served).model_dump())
-        serve.run(app, name="failure", route_prefix="/")
+        serve.run(shipped_deployment(args.config, served, num_replicas=2), name="failure", route_prefix="/")
         url = f"http://127.0.0.1:{port}/recommend"
         rec = script(private, "recommend", sample, tokens["read"])
         wrk(url, rec, 4, 3)

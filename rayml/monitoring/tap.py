@@ -63,3 +63,20 @@ class MonitorTap:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+USER_CONFIG_KEY = "monitor_sample_rate"
+
+
+def sample_rate_update(config: dict[str, Any]) -> float | None:
+    """The ``user_config.monitor_sample_rate`` of a live reconfigure, checked; None when absent.
+
+    Raises:
+        ValueError: not a number in [0, 1], naming the key.
+    """
+    rate = config.get(USER_CONFIG_KEY)
+    if rate is None:
+        return None
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        raise ValueError(f"user_config.{USER_CONFIG_KEY}: {rate!r} is not a number in [0, 1]")
+    return float(rate)

@@ -25,7 +25,7 @@ from ray.util import metrics
 from rayml.features.definitions import FeatureRepo
 from rayml.features.realtime import Events
 from rayml.features.redis_store import OnlineStoreUnavailable
-from rayml.monitoring.tap import MonitorTap
+from rayml.monitoring.tap import USER_CONFIG_KEY, MonitorTap, sample_rate_update
 from rayml.serving.auth import TokenStore
 from rayml.serving.autoscaling import LatencyWindow
 from rayml.serving.batching import apply_batching, batching_state
@@ -113,7 +113,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         """Send a sample of served rows to the monitor deployment (a thread ships them once a second)."""
         cfg = self.core.args.monitoring
         self.monitor_tap: MonitorTap | None = None
-        if cfg is None or cfg.sample_rate <= 0:
+        if cfg is None:  # (a sample rate of 0 keeps the tap: user_config.monitor_sample_rate can raise it live)
             return
         handle = serve.get_deployment_handle(cfg.deployment, app_name=cfg.app)
         self._loop: asyncio.AbstractEventLoop | None = None  # the replica's loop, seen by the first request
@@ -191,8 +191,18 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
           number (``"3"``) is pinned. A reference that cannot be loaded is refused: the current one keeps serving
           and ``/healthz`` reports it.
         - ``max_batch_size`` / ``batch_wait_timeout_s``: tune the dynamic batching of ranker calls.
+        - ``monitor_sample_rate``: the share of answered requests sent to the monitor (``args.monitoring``
+          must be configured; 0 pauses sampling).
+
+        A bad value raises ``ValueError`` naming the key, before anything is applied.
         """
-        apply_batching(self._recommend_batch, config, allowed={"ranker_alias"})
+        rate = sample_rate_update(config)
+        if rate is not None and self.monitor_tap is None:
+            raise ValueError(f"user_config.{USER_CONFIG_KEY}: monitoring is not configured (args.monitoring)")
+        apply_batching(self._recommend_batch, config, allowed={"ranker_alias", USER_CONFIG_KEY})
+        if rate is not None and self.monitor_tap is not None:
+            self.monitor_tap.sample_rate = rate
+            logger.info("monitoring: sampling %.3f of answered requests", rate)
         ref = config.get("ranker_alias")
         if ref is None:
             return

@@ -16,6 +16,7 @@ import requests
 
 pytestmark = pytest.mark.integration
 WINDOW_S = 4.0
+DEPLOY: dict = {}  # the fixture's deploy(user_config), for the live-reconfigure test
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,13 @@ def monitored(serve_url, recommender_args, tmp_path_factory):
         "event_log": None, "feature_log": None, "rollout": RolloutServing(outcomes=outcomes, flush_s=0.5),
         "monitoring": MonitoringServing(sample_rate=1.0, app="it-monitor", deployment="Monitor", send_every_s=0.5,
                                         outcome_sample=1.0)})
-    serve.run(Recommender.options(ray_actor_options={"num_cpus": 0.25}).bind(
-        args.model_dump(), load_serving_repo(args).model_dump()), name="monitored", route_prefix="/monitored")
+    def deploy(user_config: dict | None = None) -> None:
+        options = {"ray_actor_options": {"num_cpus": 0.25}} | ({"user_config": user_config} if user_config else {})
+        serve.run(Recommender.options(**options).bind(args.model_dump(), load_serving_repo(args).model_dump()),
+                  name="monitored", route_prefix="/monitored")
+
+    deploy()
+    DEPLOY["deploy"] = deploy
     yield f"{serve_url}/monitored"
     serve.delete("monitored")
     serve.delete("it-monitor")
@@ -140,3 +146,23 @@ def test_delayed_labels_and_freshness_reach_the_metrics(monitored):
         time.sleep(1)
     assert all(v is not None for v in seen.values()), seen
     assert seen["age"] is not None and seen["age"] > 0
+
+
+def test_the_sample_rate_changes_live_through_user_config(monitored, tiny_world):
+    """``user_config.monitor_sample_rate`` pauses and resumes sampling (``reconfigure``: a config whose only change
+    is its user_config updates the running replicas)."""
+    users = tiny_world.user_features_table()["user_id"].to_numpy()
+
+    def tap() -> dict:
+        return requests.get(f"{monitored}/admin/monitor", timeout=10).json()["tap"]
+
+    DEPLOY["deploy"]({"monitor_sample_rate": 0.0})
+    time.sleep(1.0)  # the tap's last buffered rows go out (send_every_s 0.5)
+    paused = tap()["sent_rows"]
+    assert _drive(monitored, users, 2.0) > 20
+    time.sleep(1.5)
+    assert tap()["sent_rows"] == paused
+    DEPLOY["deploy"]({"monitor_sample_rate": 1.0})
+    served = _drive(monitored, users, 2.0)
+    time.sleep(1.5)
+    assert tap()["sent_rows"] >= paused + served

@@ -10,7 +10,7 @@ import pytest
 
 from rayml.monitoring.alerts import AlertRule
 from rayml.monitoring.online import Monitor, MonitorConfig, drift_rows
-from rayml.monitoring.tap import MonitorTap
+from rayml.monitoring.tap import MonitorTap, sample_rate_update
 
 pytestmark = pytest.mark.unit
 HOUR = 3600.0
@@ -118,3 +118,12 @@ def test_the_tap_ships_at_most_one_message_a_second_off_the_request_path():
     failing.flush()
     assert failing.send_errors == 1 and failing.dropped_rows == 1
     failing.stop()
+
+
+def test_a_live_sample_rate_is_checked_and_names_its_key():
+    assert sample_rate_update({}) is None
+    assert sample_rate_update({"monitor_sample_rate": 0}) == 0.0
+    assert sample_rate_update({"monitor_sample_rate": 0.25}) == 0.25
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match=r"user_config\.monitor_sample_rate: .* is not a number in \[0, 1\]"):
+            sample_rate_update({"monitor_sample_rate": bad})

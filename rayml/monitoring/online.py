@@ -1,9 +1,9 @@
 """Online monitoring: replicas sample what they serve; one monitor deployment windows it and runs the detectors.
 
-**In the replica** (:class:`rayml.monitoring.tap.MonitorTap`): a ``sample_rate`` share of answered requests is kept as one row each
-(event time, the model version, the user's raw online features, the top and mean score, the ``request_id``). Rows
-are buffered and sent at most once a second per replica, by a thread of their own, as one message of columns: the
-response never waits for monitoring, and a full buffer drops rows (counted).
+**In the replica** (:class:`rayml.monitoring.tap.MonitorTap`): a ``sample_rate`` share of answered requests is
+kept as one row each (event time, the model version, the user's raw online features, the top and mean score, the
+``request_id``). Rows are buffered and sent at most once a second per replica, by a thread of their own, as one
+message of columns: the response never waits for monitoring, and a full buffer drops rows (counted).
 
 **In the monitor** (:class:`Monitor`, with an injectable clock so tests replay days in seconds):
 

@@ -47,6 +47,8 @@ def test_healthz(serve_url):
     body = response.json()
     assert body.pop("batching").keys() == {"max_batch_size", "batch_wait_timeout_s", "largest_batch", "shed"}
     assert isinstance(body.pop("replica"), str)
+    startup = body.pop("startup_s")
+    assert startup.keys() == {"init", "since_import", "pid"} and 0 < startup["init"] <= startup["since_import"]
     assert body == {
         "status": "ok", "reasons": [], "live": True, "ready": True, "model_version": "ranker:v1",
         "artifact": "model.onnx", "online_store": "embedded", "online_store_errors": 0, "model_call_failures": 0,

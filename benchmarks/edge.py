@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from rayml.ports import free_port
+
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -70,12 +72,6 @@ function done(summary, latency, requests)
                          summary.errors.timeout))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wrk(url: str, script: Path, connections: int, seconds: float, timeout_s: float = 10) -> dict:

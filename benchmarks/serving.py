@@ -14,18 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from rayml.ports import free_port
 
 
 async def drive(url: str, bodies: list[dict], concurrency: int, seconds: float) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rayml.models import ModelsConfig, TrainedSlice, train_and_publish
+from rayml.ports import free_port
 from rayml.registry import ModelRegistry
 from rayml.world import World, WorldConfig, build_world
 
@@ -63,12 +64,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("measured")
         for key, value in MEASURED.items():
             terminalreporter.write_line(f"{key}: {value}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rayml.ports import free_port
 from rayml.serving.ingress import Ingress, IngressPorts, ingress_env
 
 RAY = str(Path(sys.executable).parent / "ray")  # this interpreter's CLI, whatever PATH says
 SPOT = "spot"  # the custom resource that batch jobs pin to (configs/batch: actors.resources)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

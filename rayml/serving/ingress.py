@@ -17,12 +17,12 @@ environment win over the values computed here.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from rayml.config import ConfigError
+from rayml.ports import free_port, free_range
 
 Ingress = Literal["haproxy", "proxy"]
 INGRESSES: tuple[Ingress, ...] = ("haproxy", "proxy")
@@ -49,32 +49,8 @@ class IngressPorts:
 
     @classmethod
     def free(cls, span: int = 64) -> IngressPorts:
-        """Free ports now (``bind(0)``), and two free-looking direct-ingress ranges of ``span`` ports."""
-        return cls(_free_port(), _free_port(), _free_port(), _free_port(), _free_range(span), _free_range(span), span)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _free_range(span: int) -> int:
-    """The start of ``span`` consecutive ports that are free now, above the ephemeral range's usual start."""
-    for _ in range(200):
-        start = 20_000 + (_free_port() % 8_000)
-        if all(_is_free(p) for p in range(start, start + span)):
-            return start
-    raise RuntimeError(f"no {span} consecutive free ports found")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+        """Free ports now, and two free direct-ingress ranges of ``span`` ports (:mod:`rayml.ports`)."""
+        return cls(free_port(), free_port(), free_port(), free_port(), free_range(span), free_range(span), span)
 
 
 def chosen_ingress(requested: str | None = None) -> Ingress:

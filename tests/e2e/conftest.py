@@ -44,6 +44,37 @@ def pids_with_marker(marker: str) -> list[int]:
     return pids
 
 
+def pids_in_session(sid: int) -> list[int]:
+    """Live PIDs of session ``sid`` (a process started with ``start_new_session=True``): its whole tree.
+
+    Ray puts each worker process in a process group of its own and renames it (``ray::TrainController.run``), so
+    neither ``killpg`` on the driver nor a command-line marker reaches them; the session id does.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:  # state, ppid, pgrp, session
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(sid: int, timeout_s: float = 30) -> None:
+    """SIGKILL every process of session ``sid`` at once, as a vanished node; returns when none is left."""
+    deadline = time.monotonic() + timeout_s
+    while pids := pids_in_session(sid):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes of session {sid} survived SIGKILL: {pids}")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
 def kill_pids(pids: list[int], grace_s: float = 10) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

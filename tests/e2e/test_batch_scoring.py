@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from tests.conftest import MEASURED, REPO, free_port
-from tests.e2e.conftest import BIN, cli_env, kill_pids, pids_with_marker
+from tests.e2e.conftest import BIN, cli_env, kill_pids, kill_session, pids_with_marker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FEATURES = [f"f{j}" for j in range(16)]
@@ -117,7 +117,7 @@ def test_killed_driver_rerun_scores_each_entity_exactly_once(entities, tmp_path)
         while time.monotonic() < deadline and committed(output) < 3:
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.05)
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-job
+        kill_session(first.pid)  # the driver and its local Ray, mid-job, its Ray workers included
         first.wait()
         kill_pids(pids_with_marker(ray_tmp))
         done = committed(output)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -15,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import MEASURED, REPO
-from tests.e2e.conftest import BIN, cli_env, kill_pids, pids_with_marker
+from tests.e2e.conftest import BIN, cli_env, kill_pids, kill_session, pids_with_marker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 EPOCHS = 12
@@ -58,7 +56,7 @@ def test_killed_driver_resumes_from_last_checkpoint(tiny_world, tmp_path):
         while time.monotonic() < deadline and (committed_epoch(run_dir) or 0) < 1:
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.5)
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started: as if the node vanished
+        kill_session(first.pid)  # the driver and the local Ray it started: as if the node vanished, its Ray workers included
         first.wait()
         kill_pids(pids_with_marker(ray_tmp))
         done = checkpoint_epochs(run_dir)

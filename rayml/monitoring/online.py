@@ -3,13 +3,19 @@
 **In the replica** (:class:`rayml.monitoring.tap.MonitorTap`): a ``sample_rate`` share of answered requests is
 kept as one row each (event time, the model version, the user's raw online features, the top and mean score, the
 ``request_id``). Rows are buffered and sent at most once a second per replica, by a thread of their own, as one
-message of columns: the response never waits for monitoring, and a full buffer drops rows (counted).
+message of columns plus their mergeable profiles per version and event-time bucket
+(:func:`rayml.monitoring.tap.bucket_profiles`): the response never waits for monitoring, and a full buffer drops
+rows (counted).
 
 **In the monitor** (:class:`Monitor`, with an injectable clock so tests replay days in seconds):
 
 - rows go to tumbling *event-time* windows of ``window_s`` per model version; each window keeps a uniform
   reservoir of at most ``reservoir`` rows (for KS and the other sample tests) and exact counts of every row, and
   its missing or non-finite values per feature;
+- the replicas' profiles merge into the window of their bucket (``bucket_s`` must divide ``window_s``; a bucket
+  that straddles two windows is counted as unaligned and skipped), so a window's profile covers every sampled row
+  however small the reservoir: its result carries per-feature quantiles, missing, non-finite and out-of-range
+  rates (against the served baseline's range), distinct counts and new-category rates (:func:`profile_summary`);
 - a window closes ``grace_s`` after its end (later rows for it are counted as late and dropped);
 - the first ``baseline_windows`` closed windows of a version are its **served baseline** (the logging policy that
   produced the training rows is not the ranker that serves, so drift is judged against served traffic of the
@@ -23,6 +29,7 @@ message of columns: the response never waits for monitoring, and a full buffer d
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -41,6 +48,8 @@ from pydantic import Field
 from rayml.config import StrictModel
 from rayml.monitoring.alerts import DEFAULT_RULES, AlertManager, AlertRule, WebhookConfig
 from rayml.monitoring.delayed import DelayedPerformance, PerformanceConfig, performance_signals
+from rayml.monitoring.sketches import CategoricalProfile, NumericProfile, Profile
+from rayml.monitoring.tap import META
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +78,7 @@ class Window:
     seen: int = 0
     missing: dict[str, int] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)  # the reservoir
+    profile: Profile | None = None  # the replicas' profiles of this window's rows, merged
 
     def add(self, row: dict[str, Any], capacity: int, rng: random.Random) -> None:
         self.seen += 1
@@ -81,9 +91,6 @@ class Window:
             j = rng.randrange(self.seen)
             if j < capacity:
                 self.rows[j] = row
-
-
-META = ("ts", "version", "request_id")
 
 
 class Monitor:
@@ -100,6 +107,8 @@ class Monitor:
         self.windows: dict[tuple[str, int], Window] = {}
         self.baselines: dict[str, list[dict[str, Any]]] = {}  # version → rows of its baseline windows
         self.baseline_done: dict[str, int] = {}  # version → baseline windows closed so far
+        self.baseline_profiles: dict[str, Profile] = {}  # version → its baseline windows' profiles, merged
+        self.profile_counts = {"merged": 0, "late": 0, "bad": 0, "unaligned": 0}
         self.results: list[dict[str, Any]] = []
         self.late_rows = self.bad_rows = self.received = 0
         self.closed_until: dict[str, int] = {}  # version → first window index still open
@@ -137,8 +146,37 @@ class Monitor:
                     window = self.windows[(version, index)] = Window(version, index)
                 window.add(row, self.config.reservoir, self._rng)
                 accepted += 1
+            for item in message.get("profiles") or []:
+                self.profile_counts[self._merge_profile(item)] += 1
         self.received += accepted
         return accepted
+
+    def _merge_profile(self, item: Any) -> str:
+        """Fold one replica profile into its window; returns how it went (a key of ``profile_counts``)."""
+        w = self.config.window_s
+        try:
+            version, bucket, bucket_s = str(item["version"]), int(item["bucket"]), float(item["bucket_s"])
+            if not bucket_s > 0:
+                raise ValueError(f"bucket_s {bucket_s}")
+            profile = Profile.deserialize(item["profile"])
+        except (KeyError, TypeError, ValueError) as exc:  # ProfileError is a ValueError
+            logger.warning("monitor: bad profile (%s: %s)", type(exc).__name__, exc)
+            return "bad"
+        start, end = bucket * bucket_s, (bucket + 1) * bucket_s
+        index = int(start // w)
+        if end > (index + 1) * w + 1e-9 * w:
+            return "unaligned"
+        if index < self.closed_until.get(version, -1):
+            return "late"
+        window = self.windows.get((version, index))
+        if window is None:
+            window = self.windows[(version, index)] = Window(version, index)
+        try:
+            window.profile = profile if window.profile is None else window.profile.merge(profile)
+        except ValueError as exc:  # kinds disagree (a replica with another schema)
+            logger.warning("monitor: profile not merged (%s)", exc)
+            return "bad"
+        return "merged"
 
     # -- close and evaluate ---------------------------------------------------------------------------
     def tick(self) -> list[dict[str, Any]]:
@@ -179,9 +217,16 @@ class Monitor:
         base: dict[str, Any] = {"version": window.version, "window_start": start, "window_end": start + cfg.window_s,
                                 "rows": window.seen, "missing": window.missing, "alerts": []}
         done = self.baseline_done.get(window.version, 0)
+        if window.profile is not None:
+            reference = self.baseline_profiles.get(window.version) if done >= cfg.baseline_windows else None
+            base["profile_rows"] = window.profile.rows
+            base["profile"] = profile_summary(window.profile, reference)
         if done < cfg.baseline_windows:
             self.baselines.setdefault(window.version, []).extend(window.rows)
             self.baseline_done[window.version] = done + 1
+            if window.profile is not None:
+                held = self.baseline_profiles.get(window.version)
+                self.baseline_profiles[window.version] = window.profile if held is None else held.merge(window.profile)
             result = {**base, "kind": "baseline", "baseline_rows": len(self.baselines[window.version])}
         elif window.seen < cfg.min_rows:
             result = {**base, "kind": "too_few_rows", "min_rows": cfg.min_rows}
@@ -203,6 +248,7 @@ class Monitor:
     def status(self) -> dict[str, Any]:
         return {"open_windows": len(self.windows), "received": self.received, "late_rows": self.late_rows,
                 "bad_rows": self.bad_rows, "baselines": {v: len(r) for v, r in self.baselines.items()},
+                "profiles": dict(self.profile_counts),
                 "latest": self.results[-1] if self.results else None, "firing": self.alerts.firing_by_rule(),
                 "alerts": [e.to_dict() for e in self.alerts.firing.values()]}
 
@@ -211,6 +257,7 @@ class Monitor:
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {"baselines": self.baselines, "baseline_done": self.baseline_done, "results": self.results,
                  "closed_until": self.closed_until,
+                 "baseline_profiles": {v: base64.b64encode(p.serialize()).decode() for v, p in self.baseline_profiles.items()},
                  "performance": self.performance.state() if self.performance is not None else None}
         tmp = self.dir / ".monitor_state.json.tmp"
         tmp.write_text(json.dumps(state, default=_jsonable))
@@ -223,6 +270,8 @@ class Monitor:
         state = json.loads(path.read_text())
         self.baselines, self.baseline_done = state["baselines"], state["baseline_done"]
         self.results, self.closed_until = state["results"], state["closed_until"]
+        self.baseline_profiles = {v: Profile.deserialize(base64.b64decode(b))
+                                  for v, b in (state.get("baseline_profiles") or {}).items()}
         if self.performance is not None and state.get("performance"):
             self.performance.restore(state["performance"])
 
@@ -230,6 +279,42 @@ class Monitor:
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(rows)
     return frame.drop(columns=[c for c in META if c in frame.columns])
+
+
+SUMMARY_QUANTILES = (0.01, 0.5, 0.99)
+
+
+def profile_summary(current: Profile, reference: Profile | None = None, top: int = 5) -> dict[str, dict[str, Any]]:
+    """Per feature of a window's merged profile: what the sketches say about every sampled row.
+
+    numeric: rows, missing and non-finite rates, mean, std, min, max, p01/p50/p99 (±``rank_error`` in rank) and,
+    against ``reference`` (the version's served baseline), ``out_of_range_rate``: the share of finite values
+    below the baseline's minimum or above its maximum (KLL cdf, ±2 × rank error). categorical: rows, missing
+    rate, distinct count (HLL), the ``top`` categories and, against the reference, ``new_category_rate``: the
+    share of the current window's frequent categories that the baseline never held (a lower bound once the
+    baseline tracks more categories than its frequent-items sketch keeps).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, feature in current.features.items():
+        ref = reference.features.get(name) if reference is not None else None
+        item: dict[str, Any] = {"kind": feature.kind, "rows": feature.rows, "missing_rate": feature.missing_rate}
+        if isinstance(feature, NumericProfile):
+            qs = feature.quantiles(SUMMARY_QUANTILES)
+            item |= {"nonfinite_rate": feature.nonfinite / feature.rows if feature.rows else 0.0,
+                     "mean": feature.mean if feature.count else None, "std": _finite_or_none(feature.std()),
+                     "min": _finite_or_none(feature.min), "max": _finite_or_none(feature.max),
+                     **{f"p{round(q * 100):02d}": _finite_or_none(v) for q, v in zip(SUMMARY_QUANTILES, qs, strict=True)},
+                     "rank_error": feature.rank_error}
+            if isinstance(ref, NumericProfile) and ref.count and feature.count:
+                below, upto = feature.cdf([ref.min], inclusive=False)[0], feature.cdf([ref.max])[0]
+                item["out_of_range_rate"] = float(min(max(below + 1.0 - upto, 0.0), 1.0))
+        elif isinstance(feature, CategoricalProfile):
+            item |= {"distinct": feature.distinct(), "top": [[c, share] for c, share in feature.top(top)]}
+            if isinstance(ref, CategoricalProfile) and ref.total_weight and feature.total_weight:
+                item["new_category_rate"] = float(sum(share for c, share in feature.top(10_000)
+                                                      if ref.frequency_upper_bound(c) == 0))
+        out[name] = item
+    return out
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,7 +1,16 @@
-"""The replica side of online monitoring: sample served rows, ship them once a second off the request path.
+"""The replica side of online monitoring: sample served rows, pre-aggregate them, ship once a second off the
+request path.
+
+Each message carries the sampled rows (the monitor's window reservoir, for KS and the other sample tests) and
+their **mergeable profiles** (:class:`rayml.monitoring.sketches.Profile`: KLL quantiles, frequent items, HLL
+distinct counts, exact moments and missing counts), one per model version and event-time bucket of
+``bucket_s``. The monitor merges every replica's profiles into its windows, so a window's quantiles, missing and
+out-of-range rates cover every sampled row, not just the reservoir's. Profiles are built on the tap's own thread,
+whole columns at a time; the request path only appends a row.
 
 Kept apart from :mod:`rayml.monitoring.online` (the monitor, with its statistics) so that a serving replica's
-start does not import scipy and statsmodels: a replacement replica takes traffic sooner.
+start does not import scipy and statsmodels: a replacement replica takes traffic sooner. The sketches load on the
+first send.
 """
 
 from __future__ import annotations
@@ -18,16 +27,20 @@ logger = logging.getLogger(__name__)
 class MonitorTap:
     """Samples rows in a replica and ships them as one message per ``send_every_s`` (never on the request path).
 
-    ``send`` gets ``{"replica", "columns": {name: list}}`` and must not block (a Serve handle's ``.remote``).
+    ``send`` gets ``{"replica", "columns": {name: list}, "profiles": [...]}`` (see :func:`bucket_profiles`) and
+    must not block (a Serve handle's ``.remote``). ``bucket_s`` must divide the monitor's ``window_s``.
     """
 
     def __init__(self, sample_rate: float, send: Callable[[dict[str, Any]], Any], replica: str = "local",
-                 send_every_s: float = 1.0, max_rows: int = 10_000) -> None:
+                 send_every_s: float = 1.0, max_rows: int = 10_000, bucket_s: float = 1.0,
+                 profiles: bool = True) -> None:
         self.sample_rate, self.send, self.replica = sample_rate, send, replica
         self.send_every_s, self.max_rows = send_every_s, max_rows
+        self.bucket_s, self.profiles = bucket_s, profiles
+        self.schema: dict[str, str] | None = None  # fixed by the first rows profiled: every message agrees
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self.sent_rows = self.dropped_rows = self.send_errors = 0
+        self.sent_rows = self.dropped_rows = self.send_errors = self.profile_errors = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
         threading.Thread(target=self._run, name="monitor-tap", daemon=True).start()
@@ -48,8 +61,16 @@ class MonitorTap:
         if not rows:
             return
         columns = {key: [r.get(key) for r in rows] for key in dict.fromkeys(k for r in rows for k in r)}
+        message: dict[str, Any] = {"replica": self.replica, "columns": columns}
+        if self.profiles:
+            try:
+                message["profiles"], self.schema = bucket_profiles(columns, self.bucket_s, self.schema)
+            except Exception as exc:  # e.g. text in a numeric feature: the rows still go, the monitor counts them
+                self.profile_errors += 1
+                self.last_error = f"profile: {type(exc).__name__}: {exc}"[:300]
+                logger.warning("monitor tap: rows not profiled (%s: %s)", type(exc).__name__, exc)
         try:
-            self.send({"replica": self.replica, "columns": columns})
+            self.send(message)
             self.sent_rows += len(rows)
         except Exception as exc:  # the monitor is down: these rows are lost, counted; serving goes on
             self.send_errors += 1
@@ -63,6 +84,40 @@ class MonitorTap:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+META = ("ts", "version", "request_id")  # columns that are not features
+
+
+def bucket_profiles(columns: dict[str, list[Any]], bucket_s: float, schema: dict[str, str] | None = None,
+                    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One serialized profile per (model version, event-time bucket) of a message's rows.
+
+    Returns ``([{"version", "bucket", "bucket_s", "rows", "profile": bytes}], schema)``: bucket ``b`` holds the
+    rows with ``b * bucket_s <= ts < (b + 1) * bucket_s``. ``schema`` (feature → numeric | categorical) is
+    inferred from these rows when not given; pass the returned one back so that every message of a replica
+    profiles the same features the same way (a feature null in one message is missing, not absent).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from rayml.monitoring.sketches import Profile, infer_kind
+
+    names = [c for c in columns if c not in META] if schema is None else [c for c in schema if c in columns]
+    table = pa.table({name: pa.array(columns[name], from_pandas=True) for name in names})  # None, NaN: null
+    if schema is None:
+        schema = {f.name: kind for f in table.schema if (kind := infer_kind(f.type)) is not None}
+    buckets = np.floor(np.array(columns["ts"], dtype=np.float64) / bucket_s)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (version, bucket) in enumerate(zip(columns["version"], buckets.tolist(), strict=True)):
+        if bucket == bucket:  # not NaN: a row without an event time is the monitor's bad row, not profiled
+            groups.setdefault((str(version), int(bucket)), []).append(i)
+    out = []
+    for (version, bucket), index in sorted(groups.items()):
+        profile = Profile.from_frame(table.take(pa.array(index)), schema=schema)
+        out.append({"version": version, "bucket": bucket, "bucket_s": bucket_s, "rows": len(index),
+                    "profile": profile.serialize()})
+    return out, schema
 
 
 USER_CONFIG_KEY = "monitor_sample_rate"

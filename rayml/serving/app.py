@@ -125,7 +125,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
                 raise RuntimeError("no request seen yet")
             self._loop.call_soon_threadsafe(lambda: handle.ingest.remote(message))
 
-        self.monitor_tap = MonitorTap(cfg.sample_rate, send, replica=replica_id() or "local", send_every_s=cfg.send_every_s)
+        self.monitor_tap = MonitorTap(cfg.sample_rate, send, replica=replica_id() or "local", send_every_s=cfg.send_every_s,
+                                      bucket_s=cfg.profile_bucket_s or 1.0, profiles=cfg.profile_bucket_s is not None)
         self.core.taps["monitor"] = self._monitor_tap
 
     def _monitor_tap(self, p: Prepared) -> None:
@@ -363,7 +364,8 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         tap = self.monitor_tap
         return JSONResponse({"status": status, "results": results,
                              "tap": {"sent_rows": tap.sent_rows, "dropped_rows": tap.dropped_rows,
-                                     "send_errors": tap.send_errors, "last_error": tap.last_error}})
+                                     "send_errors": tap.send_errors, "profile_errors": tap.profile_errors,
+                                     "last_error": tap.last_error}})
 
     @api.post("/events", responses=responses(401, 403, 404, 413, 422, 503), openapi_extra=SECURED)
     def events(self, request: EventsRequest, authorization: Authorization = None) -> EventsResponse:

@@ -74,6 +74,10 @@ class MonitoringServing(StrictModel):
     app: str = Field("monitor", description="Serve application of the monitor.")
     deployment: str = Field("Monitor", description="Its deployment name.")
     send_every_s: float = Field(1.0, ge=0.05, le=3600, description="At most one message per replica this often.")
+    profile_bucket_s: float | None = Field(
+        1.0, gt=0, description="Replicas pre-aggregate their sampled rows into mergeable profiles (sketches) per "
+        "model version and event-time bucket of this many seconds; it must divide the monitor's window_s. "
+        "null: send the rows only.")
     outcome_sample: float = Field(
         0.0, ge=0, le=1,
         description="Share of users (by hash) whose requests go to the outcome log outside a rollout, so the monitor "

@@ -112,6 +112,12 @@ def test_covariate_drift_in_the_requests_fires_the_alert_and_moves_the_metric(mo
     latest = [r for r in status["results"] if r["kind"] == "tested"][-1]
     drifted = {f["feature"] for f in latest["drift"]["features"] if f["drifted"]}
     assert "age" in drifted, latest["drift"]
+    # the replica's pre-aggregated profiles cover every row of the window; their quantiles see the older users
+    assert status["status"]["profiles"]["merged"] > 0, status["status"]["profiles"]
+    assert status["status"]["profiles"]["bad"] == status["status"]["profiles"]["unaligned"] == 0
+    assert latest["profile_rows"] == latest["rows"], latest
+    assert latest["profile"]["age"]["p50"] >= users["age"].quantile(0.7) - 1e-9, latest["profile"]["age"]
+    assert latest["profile"]["age"]["missing_rate"] == 0.0
     version = latest["version"]
     deadline = time.monotonic() + 40  # Ray's metrics agent exports every few seconds
     firing = score = None

@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from pydantic import Field
 
 from rayml.config import StrictModel
 from rayml.features.online import Lookup
+
+MAX_PENDING_WRITES = 2  # buffers waiting for the writer thread before new ones are dropped
 
 
 class FeatureLogConfig(StrictModel):
@@ -45,6 +48,8 @@ class FeatureLogger:
         self._rows = 0
         self.files_written = 0
         self.dropped_rows = 0  # rows lost to a failed write (counted, logged; the requests still succeed)
+        self._pending = 0  # writes submitted and not finished
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-log")  # one file at a time
 
     def sampled(self) -> bool:
         return self._rng.random() < self.config.sample_rate
@@ -64,32 +69,50 @@ class FeatureLogger:
         with self._lock:
             self._requests.append((uuid.uuid4().hex, ts, n, columns))
             self._rows += n
-            if self._rows >= self.config.flush_rows:
-                buffered = self._rows
-                try:
-                    self._write_locked()
-                except (OSError, pa.ArrowException, ValueError) as exc:  # best effort: never fail the request
-                    self.dropped_rows += buffered
-                    self._requests, self._rows = [], 0
-                    logger.error("served-feature log: dropped a buffer (%s: %s)", type(exc).__name__, exc)
+            if self._rows < self.config.flush_rows:
+                return
+            requests, rows = self._take_locked()
+            if self._pending >= MAX_PENDING_WRITES:  # the disk is far behind: drop rather than grow or block
+                self.dropped_rows += rows
+                logger.error("served-feature log: %d writes pending, dropped a buffer of %d rows", self._pending, rows)
+                return
+            self._pending += 1
+        self._writer.submit(self._write, requests, rows)  # off the request path: the response never waits
 
     def flush(self) -> None:
+        """Write what is buffered and wait for every pending write (shutdown, tests). Never raises."""
         with self._lock:
-            self._write_locked()
+            requests, rows = self._take_locked()
+            self._pending += 1
+        self._writer.submit(self._write, requests, rows).result()
 
-    def _write_locked(self) -> None:
-        if not self._requests:
-            return
-        requests, self._requests, self._rows = self._requests, [], 0
-        table = buffered_table(requests)
-        day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-        folder = self.path / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        tmp = folder / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, folder / name)
-        self.files_written += 1
+    def _take_locked(self) -> tuple[list[tuple[str, float, int, dict[str, np.ndarray]]], int]:
+        requests, rows = self._requests, self._rows
+        self._requests, self._rows = [], 0
+        return requests, rows
+
+    def _write(self, requests: list[tuple[str, float, int, dict[str, np.ndarray]]], rows: int) -> None:
+        """On the writer thread: one Parquet file; a failure drops the buffer (counted, logged)."""
+        try:
+            if not requests:
+                return
+            table = buffered_table(requests)
+            day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+            folder = self.path / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"part-{uuid.uuid4().hex}.parquet"
+            tmp = folder / f".{name}.tmp"
+            pq.write_table(table, tmp)
+            os.replace(tmp, folder / name)
+            with self._lock:
+                self.files_written += 1
+        except (OSError, pa.ArrowException, ValueError) as exc:  # best effort: never fail a request
+            with self._lock:
+                self.dropped_rows += rows
+            logger.error("served-feature log: dropped a buffer (%s: %s)", type(exc).__name__, exc)
+        finally:
+            with self._lock:
+                self._pending -= 1
 
 
 def buffered_table(requests: list[tuple[str, float, int, dict[str, np.ndarray]]]) -> pa.Table:

@@ -55,12 +55,17 @@ CLICKS_SCHEMA = pa.schema([
 
 class OutcomeLogger:
     """Thread-safe buffered writer of both logs; a buffer is written at ``flush_rows`` rows or when
-    :meth:`flush_due` finds it older than ``flush_s`` (the replica's poll thread calls it)."""
+    :meth:`flush_due` finds it older than ``flush_s`` (the replica's poll thread calls it).
+
+    A request only appends a row under the buffer's lock: the Parquet write happens after the buffer is swapped
+    out, under a lock of its own, so a request never waits for a write of the poll thread's.
+    """
 
     def __init__(self, path: str | Path, flush_rows: int = 5_000, flush_s: float = 2.0) -> None:
         self.path = Path(path)
         self.flush_rows, self.flush_s = flush_rows, flush_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffers
+        self._write_lock = threading.Lock()  # one writer at a time (files_written, dropped_rows)
         self._rows: dict[str, list[tuple]] = {"requests": [], "clicks": []}
         self._since = time.monotonic()
         self.dropped_rows = 0
@@ -78,9 +83,12 @@ class OutcomeLogger:
 
     def _add(self, log: str, row: tuple) -> None:
         with self._lock:
-            self._rows[log].append(row)
-            if len(self._rows[log]) >= self.flush_rows:
-                self._write_locked(log)
+            buffer = self._rows[log]
+            buffer.append(row)
+            if len(buffer) < self.flush_rows:
+                return
+            self._rows[log] = []
+        self._write(log, buffer)  # a full buffer: rare (the poll thread flushes every flush_s)
 
     def flush_due(self) -> None:
         if time.monotonic() - self._since >= self.flush_s:
@@ -88,31 +96,32 @@ class OutcomeLogger:
 
     def flush(self) -> None:
         with self._lock:
-            for log in self._rows:
-                self._write_locked(log)
+            taken = self._rows
+            self._rows = {log: [] for log in taken}
             self._since = time.monotonic()
+        for log, rows in taken.items():
+            self._write(log, rows)
 
-    def _write_locked(self, log: str) -> None:
-        rows = self._rows[log]
+    def _write(self, log: str, rows: list[tuple]) -> None:
         if not rows:
             return
-        self._rows[log] = []
         schema = REQUESTS_SCHEMA if log == "requests" else CLICKS_SCHEMA
-        try:
-            columns = zip(*rows, strict=True)  # a column at a time: no dict per row
-            table = pa.Table.from_arrays([pa.array(list(values), type=field.type)
-                                          for values, field in zip(columns, schema, strict=True)], schema=schema)
-            day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-            folder = self.path / log / f"date={day}"
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"part-{uuid.uuid4().hex}.parquet"
-            tmp = folder / f".{name}.tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, folder / name)
-            self.files_written += 1
-        except (OSError, pa.ArrowException) as exc:  # best effort: never fail the request being answered
-            self.dropped_rows += len(rows)
-            logger.error("outcome log: dropped %d %s rows (%s: %s)", len(rows), log, type(exc).__name__, exc)
+        with self._write_lock:
+            try:
+                columns = zip(*rows, strict=True)  # a column at a time: no dict per row
+                table = pa.Table.from_arrays([pa.array(list(values), type=field.type)
+                                              for values, field in zip(columns, schema, strict=True)], schema=schema)
+                day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+                folder = self.path / log / f"date={day}"
+                folder.mkdir(parents=True, exist_ok=True)
+                name = f"part-{uuid.uuid4().hex}.parquet"
+                tmp = folder / f".{name}.tmp"
+                pq.write_table(table, tmp)
+                os.replace(tmp, folder / name)
+                self.files_written += 1
+            except (OSError, pa.ArrowException) as exc:  # best effort: never fail the request being answered
+                self.dropped_rows += len(rows)
+                logger.error("outcome log: dropped %d %s rows (%s: %s)", len(rows), log, type(exc).__name__, exc)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ def test_a_failed_write_drops_the_buffer_and_never_raises(tmp_path):
     log = FeatureLogger(FeatureLogConfig(path=str(blocker), sample_rate=1.0, flush_rows=2))
     ids = {"user_id": np.array([1, 1])}
     log.log(1.0, ids, {"user_profile": lookup(np.array(["books"], dtype=object))})  # reaches flush_rows: writes
+    log.flush()  # waits for the writer thread; never raises
     assert log.dropped_rows == 2 and log.files_written == 0
 
 
@@ -59,3 +60,38 @@ def test_rows_and_types_match_one_table_per_request(tmp_path):
     assert [r["rt.clicks"] for r in rows] == [3, 3, 3, None]
     assert [r["user_profile.fav_category"] for r in rows] == ["books"] * 3 + ["music"]
     assert [r["user_profile.age"] for r in rows] == [31.0] * 4
+
+
+def test_a_full_buffer_is_written_off_the_request_path_and_a_stuck_disk_drops_rather_than_blocks(tmp_path, monkeypatch):
+    """While the writer thread is stuck in a write, requests keep logging; beyond two pending buffers they drop."""
+    import threading
+
+    import rayml.features.feature_log as feature_log
+
+    release, writing = threading.Event(), threading.Event()
+    real_write = feature_log.pq.write_table
+
+    def stuck_write(table, where, **kw):
+        writing.set()
+        release.wait()
+        real_write(table, where, **kw)
+
+    monkeypatch.setattr(feature_log.pq, "write_table", stuck_write)
+    log = FeatureLogger(FeatureLogConfig(path=str(tmp_path / "log"), sample_rate=1.0, flush_rows=2))
+    ids = {"user_id": np.array([1, 1])}
+    row = {"user_profile": lookup(np.array(["books"], dtype=object))}
+
+    def three_full_buffers() -> None:
+        for ts in (1.0, 2.0, 3.0):
+            log.log(ts, ids, row)
+
+    requests = threading.Thread(target=three_full_buffers)
+    requests.start()
+    requests.join(timeout=10)
+    assert not requests.is_alive(), "a request waited for the stuck write"
+    assert writing.wait(timeout=10)
+    assert log.dropped_rows == 2  # the first is being written, the second waits, the third is dropped
+    release.set()
+    log.flush()
+    assert log.files_written == 2 and log.dropped_rows == 2
+    assert len(pq.read_table(tmp_path / "log").to_pandas()) == 4

@@ -42,15 +42,20 @@ def measure(core: RecommenderCore, users: np.ndarray) -> dict[str, float]:
     return {name: round(ns / len(users) / 1e3, 1) for name, ns in spent.items()}
 
 
+def shipped_core(config: str = "serve_apps/recommender.yaml") -> RecommenderCore:
+    """The recommender of a shipped serve config, in this process (no event log, auth off)."""
+    raw = yaml.safe_load(Path(config).read_text())["applications"][0]["args"]
+    raw.update(event_log=None, auth={"enabled": False})
+    app_args = RecommenderArgs.model_validate(raw)
+    return RecommenderCore(app_args, load_serving_repo(app_args))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--config", default="serve_apps/recommender.yaml")
     args = parser.parse_args()
-    raw = yaml.safe_load(Path(args.config).read_text())["applications"][0]["args"]
-    raw.update(event_log=None, auth={"enabled": False})
-    app_args = RecommenderArgs.model_validate(raw)
-    core = RecommenderCore(app_args, load_serving_repo(app_args))
+    core = shipped_core(args.config)
     users = np.random.default_rng(0).choice(core.retrieval.user_ids, args.calls)
     measure(core, users[:300])
     stages = measure(core, users)

@@ -135,12 +135,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
             return
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        row: dict[str, Any] = {"ts": p.now, "version": p.ranker.model_version,
-                               "score_max": float(p.scores.max()), "score_mean": float(p.scores.mean())}
-        for name, values in p.lookups[self.core.args.user_view].columns.items():
-            value = values[0]
-            row[name] = value.item() if isinstance(value, np.generic) else value
-        tap.add(row)
+        tap.add(p.monitor_row(self.core.args.user_view))
 
     def _poll_aliases(self) -> None:
         """Follow registry alias moves (promote, rollback) without a restart or a dropped request.

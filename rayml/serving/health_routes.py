@@ -47,6 +47,7 @@ class HealthRoutes:
     core: RecommenderCore
     health: ReplicaHealth
     ranker: Any
+    startup_s: dict[str, float] | None = None  # set when the replica is ready: init, and since its imports began
 
     def _followers(self) -> dict[str, AliasFollower]:
         ranking = self.core.ranking
@@ -98,7 +99,7 @@ class HealthRoutes:
             "online_store": core.features.backend, "online_store_errors": core.features.errors,
             "model_call_failures": self.health.calls.total_failures,
             "ingress": cluster_ingress(), "replica": replica_id(), "plan": core.args.plan,
-            "startup_s": getattr(self, "startup_s", None),  # init, and since the replica's imports began
+            "startup_s": self.startup_s,
             "auth": {"enabled": core.args.auth.enabled, "protect_reads": core.args.auth.protect_reads},
             "batching": self.batching(),  # type: ignore[attr-defined]
             **extra,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,17 @@ class Prepared:
     logged: bool  # sampled for the served-feature log
     scores: np.ndarray | None = None
     error: Exception | None = None
+
+    def monitor_row(self, user_view: str) -> dict[str, Any]:
+        """What the monitor samples of a scored request: event time, version, the user's raw online features,
+        the top and mean score (the replica adds no per-item rows: the sketches stay per request)."""
+        assert self.scores is not None
+        row: dict[str, Any] = {"ts": self.now, "version": self.ranker.model_version,
+                               "score_max": float(self.scores.max()), "score_mean": float(self.scores.mean())}
+        for name, values in self.lookups[user_view].columns.items():
+            value = values[0]
+            row[name] = value.item() if isinstance(value, np.generic) else value
+        return row
 
 
 @dataclass

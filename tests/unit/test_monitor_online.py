@@ -11,18 +11,12 @@ import pytest
 from rayml.monitoring.alerts import AlertRule
 from rayml.monitoring.online import Monitor, MonitorConfig, drift_rows
 from rayml.monitoring.tap import MonitorTap, sample_rate_update
+from tests.clock import Clock
 
 pytestmark = pytest.mark.unit
 HOUR = 3600.0
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % HOUR
 
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _message(rng, start: float, n: int, shift: float = 0.0, nan_every: int = 0) -> dict:

@@ -14,19 +14,13 @@ from rayml.monitoring.delayed import PerformanceConfig
 from rayml.monitoring.metrics import roc_auc
 from rayml.monitoring.online import Monitor, MonitorConfig
 from rayml.rollout.outcomes import OutcomeLogger
+from tests.clock import Clock
 
 pytestmark = pytest.mark.unit
 T0 = 1_800_000_000.0  # a window boundary for window_s = 600
 WINDOW, ATTRIBUTION, GRACE = 600.0, 300.0, 5.0
 VERSION = "ranker:v1"
 
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _config(tmp_path: Path, **performance) -> MonitorConfig:

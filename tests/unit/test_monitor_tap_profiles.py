@@ -12,18 +12,12 @@ import pytest
 
 from rayml.monitoring.online import Monitor, MonitorConfig
 from rayml.monitoring.tap import MonitorTap, bucket_profiles
+from tests.clock import Clock
 
 pytestmark = pytest.mark.unit
 HOUR = 3600.0
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % HOUR
 
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _rows(rng, start: float, n: int, shift: float = 0.0, regions=("n", "s", "e", "w")) -> list[dict]:

@@ -14,6 +14,7 @@ from rayml.rollout.outcomes import OutcomeLog, OutcomeLogger
 from rayml.rollout.plan import RolloutPlan
 from rayml.rollout.router import in_share
 from rayml.rollout.state import LeaseLost, RolloutConflict, RolloutStore
+from tests.clock import Clock
 
 pytestmark = pytest.mark.unit
 T0 = 1_800_000_000.0
@@ -24,13 +25,6 @@ PLAN = RolloutPlan.model_validate({
     "deadline_s": 60,
 })
 
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -20,18 +20,10 @@ from rayml.rollout.shadow import (
     blocks_canary,
     compare_rankings,
 )
+from tests.clock import Clock as FakeClock
 
 pytestmark = pytest.mark.unit
 
-
-class FakeClock:
-    """Injectable monotonic clock (seconds)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ids(n: int) -> list[str]:

@@ -18,6 +18,7 @@ controller's heartbeat: past ``ttl_s`` without one, the canary gets 0 % (fail sa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -26,10 +27,22 @@ PRODUCTION = "production"
 CANARY = "canary"
 
 
+@functools.lru_cache(maxsize=256)
+def _keyed(salt: str) -> hashlib.blake2b:
+    """BLAKE2b keyed with ``salt``, before any data: copied per user (keying is most of the cost of a new hasher)."""
+    return hashlib.blake2b(digest_size=8, key=salt.encode()[:64])
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def bucket(user_id: int, salt: str) -> int:
-    """The user's bucket in [0, BUCKETS) under ``salt`` (stable across processes, versions and machines)."""
-    digest = hashlib.blake2b(str(int(user_id)).encode(), digest_size=8, key=salt.encode()[:64]).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
+    """The user's bucket in [0, BUCKETS) under ``salt`` (stable across processes, versions and machines).
+
+    Cached per (user, salt): a replica sees the same users again and again, and routes each request by two
+    buckets (the canary's and the outcome log's).
+    """
+    hasher = _keyed(salt).copy()
+    hasher.update(str(int(user_id)).encode())
+    return int.from_bytes(hasher.digest(), "big") % BUCKETS
 
 
 def in_share(user_id: int, salt: str, weight_pct: float) -> bool:

@@ -33,7 +33,7 @@ def onnx_split_us(core: RecommenderCore, users: np.ndarray, batch: int, canary_p
     prepared = core.prepare_many([RecommendCall(int(u), 10) for u in users[:batch]])
     ranker = prepared[0].ranker
     rows = [p.features for p in prepared]
-    n_canary = int(round(batch * canary_pct / 100))
+    n_canary = round(batch * canary_pct / 100)
     if n_canary in (0, batch):
         return 0.0  # every batch of this size is one version: no second call
     whole = np.concatenate(rows)
@@ -60,7 +60,7 @@ def main() -> None:
     a = parser.parse_args()
     core = shipped_core(a.config)
     users = np.random.default_rng(0).choice(core.retrieval.user_ids, a.calls)
-    core_us = float(json.loads(json.dumps(_core_us(core, users[:2000]))))
+    core_us = _core_us(core, users[:2000])
     items, scores = list(range(10)), [0.5] * 10
     for pct in a.canary_pct:
         router = Router()

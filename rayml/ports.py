@@ -3,8 +3,8 @@
 ``bind(0)`` hands out a port from the kernel's ephemeral range, the same range every outgoing connection takes its
 local port from. Between choosing a port and the server binding it (a Ray cluster takes seconds to start, and its
 processes open hundreds of connections meanwhile) another socket can take it: ``Failed to bind to address``.
-So ports here come from a band below the ephemeral range and above Ray's worker ports (10002–19999), where nothing
-allocates on its own:
+So ports here come from a band below the ephemeral range, above Ray's worker ports (10002–19999) and below its
+default direct-ingress ports (30000–31000), where nothing allocates on its own:
 
 - single ports: ``SINGLE_BAND``;
 - consecutive ranges (direct-ingress replicas): ``RANGE_BAND``.
@@ -22,7 +22,7 @@ RANGE_BAND = (
     20_000,
     28_000,
 )  # start of a consecutive range (a range may run up to span ports past its end)
-SINGLE_BAND = (28_200, 32_700)
+SINGLE_BAND = (28_200, 30_000)  # below Ray's default direct-ingress ports (HTTP 30000–31000, gRPC 40000–41000)
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _PICK = (
     random.SystemRandom()

@@ -18,10 +18,7 @@ import random
 import socket
 from pathlib import Path
 
-RANGE_BAND = (
-    20_000,
-    28_000,
-)  # start of a consecutive range (a range may run up to span ports past its end)
+RANGE_BAND = (20_000, 28_000)  # where a consecutive range starts (it may run up to span ports past the end)
 SINGLE_BAND = (28_200, 30_000)  # below Ray's default direct-ingress ports (HTTP 30000–31000, gRPC 40000–41000)
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _PICK = (

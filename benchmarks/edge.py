@@ -74,9 +74,16 @@ end
 """
 
 
-def wrk(url: str, script: Path, connections: int, seconds: float, timeout_s: float = 10) -> dict:
-    """One wrk run; req/s, latency percentiles, statuses and client time-outs."""
-    threads = min(2, connections)
+def wrk(url: str, script: Path, connections: int, seconds: float, timeout_s: float = 10,
+        threads: int | None = None) -> dict:
+    """One wrk run; req/s, latency percentiles, statuses and client time-outs.
+
+    ``threads``: wrk threads (default: 2, or 1 at one connection). A polite script runs one connection per thread:
+    wrk's Lua state, and so the Retry-After wait its ``response`` sets, is per thread, and its ``delay`` hook is not
+    told which connection asks. With many connections on a thread, the wait of a rejected connection went to
+    whichever connection of the thread wrote next (while the rejected one resent at once).
+    """
+    threads = threads or min(2, connections)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s",
                           "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     statuses = json.loads(re.search(r"STATUSES (\{.*\})", out).group(1))
@@ -133,6 +140,7 @@ def main() -> None:
     parser.add_argument("--config", default="serve_apps/recommender.yaml")
     parser.add_argument("--redis-port", type=int, default=None)
     parser.add_argument("--overload", action="store_true")
+    parser.add_argument("--overload-only", action="store_true", help="the overload ladder and loads, nothing else")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `make wrk` (Debian package wrk)")
@@ -154,50 +162,51 @@ def main() -> None:
         time.sleep(3)
         for target in (f"{base}/echo/", f"{base}/recommend"):  # warm-up: first requests and HAProxy reloads
             wrk(target, echo if "echo" in target else rec, 4, 3)
-        rows: dict[str, dict] = {}
-        for c in (1, 32):
-            rows[f"echo@{c}"] = emit({"bench": "edge", "target": "echo", "ingress": "haproxy",
-                                      **wrk(f"{base}/echo/", echo, c, args.seconds)})
-            rows[f"rec@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "haproxy",
-                                     **wrk(f"{base}/recommend", rec, c, args.seconds)})
-            fallback = f"http://127.0.0.1:{ports.fallback_http}"
-            rows[f"proxy@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "serve-proxy",
-                                       **wrk(f"{fallback}/recommend", rec, c, args.seconds)})
-            if rec_port is not None:
-                rows[f"direct@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "direct",
-                                            **wrk(f"http://127.0.0.1:{rec_port}/recommend", rec, c, args.seconds)})
-        if args.redis_port is not None:
-            import pyarrow.parquet as pq
-
-            from rayml.features.definitions import load_feature_repo
-            from rayml.features.redis_store import RedisOnlineStore
-
-            repo_yaml = yaml.safe_load(Path(app_args.features).read_text())
-            repo_yaml["online_store"] = {"type": "redis", "port": args.redis_port}
-            (private / "features.yaml").write_text(yaml.safe_dump(repo_yaml))
-            repo = load_feature_repo(private / "features.yaml", check_sources=False)
-            store = RedisOnlineStore(port=args.redis_port)  # the materialized snapshots, as the job writes them
-            for view in repo.views:
-                key = repo.entities[repo.views[view].entity].key
-                store.write(view, pq.read_table(Path(app_args.feature_state) / f"{view}.parquet"), key=key)
-            redis_args = app_args.model_copy(update={"features": str(private / "features.yaml")})
-            serve.run(build_recommender(redis_args), name="redis", route_prefix="/redis")
-            time.sleep(2)
-            wrk(f"{base}/redis/recommend", rec, 4, 3)
+        if not args.overload_only:
+            rows: dict[str, dict] = {}
             for c in (1, 32):
-                rows[f"redis@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "haproxy",
-                                           "store": "redis", **wrk(f"{base}/redis/recommend", rec, c, args.seconds)})
-            serve.delete("redis")
-        ratios = {
-            "rec_vs_echo_req_s@32": round(rows["rec@32"]["req_per_s"] / rows["echo@32"]["req_per_s"], 3),
-            "rec_req_s@32": rows["rec@32"]["req_per_s"], "rec_p50_ms@1": rows["rec@1"]["p50_ms"],
-            "rec_p99_ms@32": rows["rec@32"]["p99_ms"],
-            "haproxy_vs_proxy_req_s@32": round(rows["rec@32"]["req_per_s"] / rows["proxy@32"]["req_per_s"], 3),
-        }
-        if "redis@32" in rows:
-            ratios["redis_vs_embedded_req_s@32"] = round(rows["redis@32"]["req_per_s"] / rows["rec@32"]["req_per_s"], 3)
-        emit({"bench": "edge", "ratios": ratios})
-        if args.overload:
+                rows[f"echo@{c}"] = emit({"bench": "edge", "target": "echo", "ingress": "haproxy",
+                                          **wrk(f"{base}/echo/", echo, c, args.seconds)})
+                rows[f"rec@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "haproxy",
+                                         **wrk(f"{base}/recommend", rec, c, args.seconds)})
+                fallback = f"http://127.0.0.1:{ports.fallback_http}"
+                rows[f"proxy@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "serve-proxy",
+                                           **wrk(f"{fallback}/recommend", rec, c, args.seconds)})
+                if rec_port is not None:
+                    rows[f"direct@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "direct",
+                                                **wrk(f"http://127.0.0.1:{rec_port}/recommend", rec, c, args.seconds)})
+            if args.redis_port is not None:
+                import pyarrow.parquet as pq
+
+                from rayml.features.definitions import load_feature_repo
+                from rayml.features.redis_store import RedisOnlineStore
+
+                repo_yaml = yaml.safe_load(Path(app_args.features).read_text())
+                repo_yaml["online_store"] = {"type": "redis", "port": args.redis_port}
+                (private / "features.yaml").write_text(yaml.safe_dump(repo_yaml))
+                repo = load_feature_repo(private / "features.yaml", check_sources=False)
+                store = RedisOnlineStore(port=args.redis_port)  # the materialized snapshots, as the job writes them
+                for view in repo.views:
+                    key = repo.entities[repo.views[view].entity].key
+                    store.write(view, pq.read_table(Path(app_args.feature_state) / f"{view}.parquet"), key=key)
+                redis_args = app_args.model_copy(update={"features": str(private / "features.yaml")})
+                serve.run(build_recommender(redis_args), name="redis", route_prefix="/redis")
+                time.sleep(2)
+                wrk(f"{base}/redis/recommend", rec, 4, 3)
+                for c in (1, 32):
+                    rows[f"redis@{c}"] = emit({"bench": "edge", "target": "recommend", "ingress": "haproxy",
+                                               "store": "redis", **wrk(f"{base}/redis/recommend", rec, c, args.seconds)})
+                serve.delete("redis")
+            ratios = {
+                "rec_vs_echo_req_s@32": round(rows["rec@32"]["req_per_s"] / rows["echo@32"]["req_per_s"], 3),
+                "rec_req_s@32": rows["rec@32"]["req_per_s"], "rec_p50_ms@1": rows["rec@1"]["p50_ms"],
+                "rec_p99_ms@32": rows["rec@32"]["p99_ms"],
+                "haproxy_vs_proxy_req_s@32": round(rows["rec@32"]["req_per_s"] / rows["proxy@32"]["req_per_s"], 3),
+            }
+            if "redis@32" in rows:
+                ratios["redis_vs_embedded_req_s@32"] = round(rows["redis@32"]["req_per_s"] / rows["rec@32"]["req_per_s"], 3)
+            emit({"bench": "edge", "ratios": ratios})
+        if args.overload or args.overload_only:
             overload(f"{base}/recommend", rec, polite, args.seconds, HAProxyLog(private / "haproxy"))
     finally:
         stop_cluster(private)
@@ -305,7 +314,7 @@ def overload(url: str, hammer: Path, polite: Path, seconds: float, log: HAProxyL
             if log is not None:
                 log.mark()
             row = {"bench": "overload", "client": kind, "load": factor, "c_star": c_star, "peak": peak,
-                   **wrk(url, path, c, seconds, timeout_s=2)}
+                   **wrk(url, path, c, seconds, timeout_s=2, threads=c if kind == "polite" else None)}
             if log is not None:  # HAProxy's own view: accepted requests' latency apart from the rejections'
                 row["haproxy_by_status"] = log.since_mark()
             emit(row)

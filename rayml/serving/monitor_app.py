@@ -5,7 +5,7 @@ forget); a thread closes windows every ``tick_s`` and exports the results throug
 dashboard, Prometheus endpoint):
 
 - ``rayml_drift_score`` and ``rayml_drift_p_value`` {version, feature, test};
-- ``rayml_data_quality`` {version, feature, check};
+- ``rayml_data_quality`` {version, feature, check} (from the replicas' merged profiles where a window has them);
 - ``rayml_alerts_firing`` {rule};
 - ``rayml_monitor_rows`` {version} (rows of the latest closed window);
 - ``rayml_model_performance`` {version, metric, source}: ``source=delayed`` from labels joined in the outcome
@@ -297,11 +297,24 @@ def drift_series(result: dict[str, Any]) -> list[Series]:
         p = row["adjusted_p_value"] if row["adjusted_p_value"] is not None else row["p_value"]
         if p is not None:
             out.append(("rayml_drift_p_value", tags, float(p)))
+    profiles = result.get("profile") or {}
     for feature, checks in ((result.get("quality") or {}).get("features") or {}).items():
-        for check, value in checks.items():
+        for check, value in {**checks, **sketched_quality(profiles.get(feature))}.items():
             if check in QUALITY_CHECKS and value is not None:
                 out.append(("rayml_data_quality", {"version": version, "feature": str(feature), "check": str(check)},
                             float(value)))
+    return out
+
+
+def sketched_quality(profile: dict[str, Any] | None) -> dict[str, float]:
+    """A window's quality rates from the replicas' merged profiles (``profile_summary``), which cover every sampled
+    row where the reservoir's quality report covers a sample of them; they win where both have a rate."""
+    if not profile:
+        return {}
+    out = {check: float(profile[check]) for check in ("missing_rate", "out_of_range_rate", "new_category_rate")
+           if profile.get(check) is not None}
+    if profile.get("distinct") is not None:
+        out["cardinality"] = float(round(profile["distinct"]))
     return out
 
 

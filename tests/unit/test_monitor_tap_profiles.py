@@ -138,3 +138,23 @@ def test_buckets_split_by_version_and_event_time_and_a_bad_value_loses_no_rows()
         tap.stop()
     assert tap.profile_errors == 1 and tap.sent_rows == 2 and "profiles" not in sent[1]
     assert sent[1]["columns"]["age"] == ["forty"]
+
+
+def test_exported_quality_rates_come_from_the_profiles_where_a_window_has_them():
+    from rayml.serving.monitor_app import drift_series
+
+    result = {"version": "ranker:v1", "drift": {}, "psi": {},
+              "quality": {"features": {"age": {"missing_rate": 0.5, "out_of_range_rate": 0.1},
+                                       "region": {"missing_rate": 0.0, "cardinality": 3}}},
+              "profile": {"age": {"kind": "numeric", "missing_rate": 0.02, "out_of_range_rate": 0.07},
+                          "region": {"kind": "categorical", "missing_rate": 0.0, "distinct": 4.02,
+                                     "new_category_rate": 0.25}}}
+    exported = {(tags["feature"], tags["check"]): value for name, tags, value in drift_series(result)
+                if name == "rayml_data_quality"}
+    assert exported == {("age", "missing_rate"): 0.02, ("age", "out_of_range_rate"): 0.07,
+                        ("region", "missing_rate"): 0.0, ("region", "cardinality"): 4.0,
+                        ("region", "new_category_rate"): 0.25}
+    del result["profile"]  # rows only (profile_bucket_s: null): the reservoir's report
+    exported = {(tags["feature"], tags["check"]): value for name, tags, value in drift_series(result)
+                if name == "rayml_data_quality"}
+    assert exported[("age", "missing_rate")] == 0.5 and exported[("region", "cardinality")] == 3

@@ -24,6 +24,7 @@ from rayml.batch.shards import (
     list_shards,
     load_model,
     refuse_relative_paths_in_job,
+    remove_stale_temporaries,
     run_sharded,
 )
 from rayml.config import init_ray
@@ -151,6 +152,7 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
     if force and staging.exists():
         shutil.rmtree(staging)
     shards = list_shards(LOCAL, str(users.resolve()))
+    remove_stale_temporaries(LOCAL, str(staging))  # a killed attempt's half-written shards
     done = committed_outputs(LOCAL, str(staging))
     todo = [s for s in shards if s.output_name not in done]
     if todo:

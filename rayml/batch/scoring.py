@@ -28,6 +28,7 @@ from rayml.batch.shards import (
     list_shards,
     load_model,
     refuse_relative_paths_in_job,
+    remove_stale_temporaries,
     resolve_fs,
     run_sharded,
 )
@@ -146,6 +147,7 @@ class ScoreSummary:
     rejected: int
     seconds: float
     rows_per_s: float
+    stale_temporaries_removed: int = 0  # half-written files of a killed attempt, deleted at the start
     operator_stats: str = ""
     per_shard: list[dict[str, Any]] = field(default_factory=list)
 
@@ -217,6 +219,7 @@ def score_entities(config: ScoreJobConfig) -> ScoreSummary:
     version, shards, committed = preflight(config)
     out_fs, out_root = resolve_fs(config.output)
     out_fs.create_dir(out_root, recursive=True)
+    stale = remove_stale_temporaries(out_fs, out_root)  # a killed attempt's half-written shards
     _write_json(out_fs, f"{out_root}/{JOB_FILE}", {"model_version": version.label, "input": config.input})
     todo = [s for s in shards if s.output_name not in committed]
     if todo:
@@ -235,7 +238,7 @@ def score_entities(config: ScoreJobConfig) -> ScoreSummary:
         output=config.output, model_version=version.label, shards=len(shards), shards_skipped=len(shards) - len(todo),
         rows_in=rows_in, rows_out=rows_out, rejected=rejected, seconds=round(seconds, 3),
         rows_per_s=round(sum(r["rows_in"] for r in per_shard) / seconds, 1) if per_shard else 0.0,
-        operator_stats=stats_text, per_shard=per_shard,
+        stale_temporaries_removed=stale, operator_stats=stats_text, per_shard=per_shard,
     )
     _write_json(out_fs, f"{out_root}/{MANIFEST}", summary.to_dict(with_shards=True))
     return summary

@@ -78,6 +78,22 @@ def committed_outputs(fs: pafs.FileSystem, root: str) -> set[str]:
             and f.base_name.endswith(".parquet")}
 
 
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # AtomicParquetWriter's names on a local filesystem
+
+
+def remove_stale_temporaries(fs: pafs.FileSystem, root: str) -> int:
+    """Delete the temporaries a killed attempt left under ``root`` (a writer SIGKILLed mid-shard never renames or
+    removes its file); returns how many. Call it when a job starts, before any writer of this attempt opens one:
+    the job owns its output. Object stores write in one PUT and leave none."""
+    if not isinstance(fs, pafs.LocalFileSystem) or fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return 0
+    stale = [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+             if f.type == pafs.FileType.File and _TEMPORARY.match(f.base_name)]
+    for path in stale:
+        fs.delete_file(path)
+    return len(stale)
+
+
 class AtomicParquetWriter:
     """Stream record batches to ``path``; nothing is visible there until :meth:`commit`."""
 

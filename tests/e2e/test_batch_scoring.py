@@ -122,13 +122,16 @@ def test_killed_driver_rerun_scores_each_entity_exactly_once(entities, tmp_path)
         kill_pids(pids_with_marker(ray_tmp))
         done = committed(output)
         assert 3 <= done < 24, f"{done} shards committed when killed"
+        half_written = len(list(output.rglob(".*.tmp")))  # shards the killed writers never finished
         second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         summary = summary_line(second.stdout)
         assert summary["shards_skipped"] >= done and summary["rows_out"] == rows
-        assert not list(output.glob(".*.tmp")), "temporary files left behind"
+        assert summary["stale_temporaries_removed"] == half_written
+        assert not list(output.rglob(".*.tmp")), "temporary files left behind"
         assert_exact(output, rows)
-        MEASURED["batch kill-and-resume"] = f"killed with {done}/24 shards committed; rerun skipped {summary['shards_skipped']}"
+        MEASURED["batch kill-and-resume"] = (f"killed with {done}/24 shards committed and {half_written} half-written; "
+                                             f"rerun skipped {summary['shards_skipped']}, removed the half-written")
     finally:
         kill_pids(pids_with_marker(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)

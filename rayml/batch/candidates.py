@@ -163,6 +163,7 @@ def generate_candidates(config: CandidateJobConfig, force: bool = False) -> Cand
             "users": str(users.resolve()), "staging": str(staging.resolve()), "registry": registry.location,
             "model": config.model, "version": version.version, "top_k": config.top_k, "batch_size": config.batch_size,
         }, todo, config.actors)
+    remove_stale_temporaries(LOCAL, str(staging))  # a writer on a node lost mid-job never cleaned up
     rows = pq.ParquetDataset(staging).read(columns=["user_id"]).num_rows
     summary = CandidateSummary(
         output=str(output), users_path=str(users.resolve()), model_version=version.label, rows=rows,

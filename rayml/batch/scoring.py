@@ -147,7 +147,7 @@ class ScoreSummary:
     rejected: int
     seconds: float
     rows_per_s: float
-    stale_temporaries_removed: int = 0  # half-written files of a killed attempt, deleted at the start
+    stale_temporaries_removed: int = 0  # half-written files of killed writers: a killed attempt's, a lost node's
     operator_stats: str = ""
     per_shard: list[dict[str, Any]] = field(default_factory=list)
 
@@ -233,6 +233,7 @@ def score_entities(config: ScoreJobConfig) -> ScoreSummary:
                           "version": version.version}, todo, config.actors
         )
     seconds = time.perf_counter() - started
+    stale += remove_stale_temporaries(out_fs, out_root)  # a writer on a node lost mid-job never cleaned up
     rows_in, rows_out, rejected = _count(resolve_fs(config.input)[0], out_fs, out_root, shards)
     summary = ScoreSummary(
         output=config.output, model_version=version.label, shards=len(shards), shards_skipped=len(shards) - len(todo),

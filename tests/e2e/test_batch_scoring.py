@@ -205,6 +205,7 @@ def test_losing_the_spot_worker_node_mid_job_loses_and_duplicates_nothing(entiti
         assert job.wait(timeout=400) == 0, (tmp_path / "job.err").read_text()[-3000:]
         summary = summary_line((tmp_path / "job.out").read_text())
         assert summary["rows_in"] == summary["rows_out"] == rows
+        assert not list(output.rglob(".*.tmp")), "the lost node's half-written shards were left behind"
         assert_exact(output, rows)
         MEASURED["batch node loss"] = f"worker raylet killed with {done}/24 shards committed; output exact"
     finally:

@@ -115,6 +115,9 @@ def main() -> None:
             else:
                 command(root, "ranker", "abort")
             time.sleep(2.5)  # > alias_poll_s: every replica re-read the weights
+            # A start makes the replica load the candidate (its ONNX session and item rows) and an abort drop it;
+            # that load is a rollout's one-off cost, not the router's per request: keep it out of the measurement.
+            wrk(url, lua, 32, 3)
 
         parts = set(a.only or ("router", "shadow", "monitoring"))
         router: dict[str, list[dict]] = {"off": [], "on": []}

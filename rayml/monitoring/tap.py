@@ -37,7 +37,7 @@ class MonitorTap:
         self.sample_rate, self.send, self.replica = sample_rate, send, replica
         self.send_every_s, self.max_rows = send_every_s, max_rows
         self.bucket_s, self.profiles = bucket_s, profiles
-        self.schema: dict[str, str] | None = None  # fixed by the first rows profiled: every message agrees
+        self.schema: dict[str, str] | None = None  # each feature's kind, fixed by the first message typing it
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.sent_rows = self.dropped_rows = self.send_errors = self.profile_errors = 0
@@ -94,19 +94,21 @@ def bucket_profiles(columns: dict[str, list[Any]], bucket_s: float, schema: dict
     """One serialized profile per (model version, event-time bucket) of a message's rows.
 
     Returns ``([{"version", "bucket", "bucket_s", "rows", "profile": bytes}], schema)``: bucket ``b`` holds the
-    rows with ``b * bucket_s <= ts < (b + 1) * bucket_s``. ``schema`` (feature → numeric | categorical) is
-    inferred from these rows when not given; pass the returned one back so that every message of a replica
-    profiles the same features the same way (a feature null in one message is missing, not absent).
+    rows with ``b * bucket_s <= ts < (b + 1) * bucket_s``. ``schema`` (feature → numeric | categorical) is what
+    earlier messages fixed, extended by the features these rows are the first to type; pass the returned one back,
+    so that a replica profiles a feature the same way in every message (null in one message: missing there).
     """
     import numpy as np
     import pyarrow as pa
 
     from rayml.monitoring.sketches import Profile, infer_kind
 
-    names = [c for c in columns if c not in META] if schema is None else [c for c in schema if c in columns]
-    table = pa.table({name: pa.array(columns[name], from_pandas=True) for name in names})  # None, NaN: null
-    if schema is None:
-        schema = {f.name: kind for f in table.schema if (kind := infer_kind(f.type)) is not None}
+    table = pa.table({name: pa.array(values, from_pandas=True)  # None, NaN: null
+                      for name, values in columns.items() if name not in META})
+    schema = dict(schema or {})
+    for f in table.schema:  # a feature joins once a message has a typed value of it (all-null is no type)
+        if f.name not in schema and (kind := infer_kind(f.type)) is not None:
+            schema[f.name] = kind
     buckets = np.floor(np.array(columns["ts"], dtype=np.float64) / bucket_s)
     groups: dict[tuple[str, int], list[int]] = {}
     for i, (version, bucket) in enumerate(zip(columns["version"], buckets.tolist(), strict=True)):

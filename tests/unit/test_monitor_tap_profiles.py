@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rayml.monitoring.online import Monitor, MonitorConfig
+from rayml.monitoring.sketches import Profile
 from rayml.monitoring.tap import MonitorTap, bucket_profiles
 from tests.clock import Clock
 
@@ -126,6 +127,13 @@ def test_buckets_split_by_version_and_event_time_and_a_bad_value_loses_no_rows()
     columns = {k: [r.get(k) for r in rows] for k in ("ts", "version", "age")}
     profiles, schema = bucket_profiles(columns, 1.0)
     assert schema == {"age": "numeric"}
+    later, extended = bucket_profiles({"ts": [T0], "version": ["a"], "age": [3.0], "region": ["n"]}, 1.0,
+                                      {"age": "numeric", "income": "numeric"})
+    assert extended == {"age": "numeric", "income": "numeric", "region": "categorical"}  # typed once seen
+    profile = Profile.deserialize(later[0]["profile"])
+    assert profile["income"].missing_rate == 1.0 and profile["region"].rows == 1  # known but absent: missing
+    _, kept = bucket_profiles({"ts": [T0], "version": ["a"], "age": [1.0], "note": [None]}, 1.0, {"age": "numeric"})
+    assert kept == {"age": "numeric"}  # an all-null column has no type yet: it joins when a message types it
     assert [(p["version"], p["bucket"] - int(T0), p["rows"]) for p in profiles] == [("a", 0, 1), ("a", 1, 1), ("b", 0, 1)]
     sent: list[dict] = []
     tap = MonitorTap(1.0, sent.append, send_every_s=3600)

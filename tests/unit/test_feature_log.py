@@ -66,17 +66,9 @@ def test_a_full_buffer_is_written_off_the_request_path_and_a_stuck_disk_drops_ra
     """While the writer thread is stuck in a write, requests keep logging; beyond two pending buffers they drop."""
     import threading
 
-    import rayml.features.feature_log as feature_log
+    from tests.stuck_disk import StuckDisk
 
-    release, writing = threading.Event(), threading.Event()
-    real_write = feature_log.pq.write_table
-
-    def stuck_write(table, where, **kw):
-        writing.set()
-        release.wait()
-        real_write(table, where, **kw)
-
-    monkeypatch.setattr(feature_log.pq, "write_table", stuck_write)
+    disk = StuckDisk(monkeypatch)
     log = FeatureLogger(FeatureLogConfig(path=str(tmp_path / "log"), sample_rate=1.0, flush_rows=2))
     ids = {"user_id": np.array([1, 1])}
     row = {"user_profile": lookup(np.array(["books"], dtype=object))}
@@ -89,9 +81,9 @@ def test_a_full_buffer_is_written_off_the_request_path_and_a_stuck_disk_drops_ra
     requests.start()
     requests.join(timeout=10)
     assert not requests.is_alive(), "a request waited for the stuck write"
-    assert writing.wait(timeout=10)
+    assert disk.writing.wait(timeout=10)
     assert log.dropped_rows == 2  # the first is being written, the second waits, the third is dropped
-    release.set()
+    disk.release.set()
     log.flush()
     assert log.files_written == 2 and log.dropped_rows == 2
     assert len(pq.read_table(tmp_path / "log").to_pandas()) == 4

@@ -7,27 +7,19 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-import rayml.rollout.outcomes as outcomes
 from rayml.rollout.outcomes import OutcomeLogger
+from tests.stuck_disk import StuckDisk
 
 pytestmark = pytest.mark.unit
 
 
 def test_requests_keep_logging_while_the_poll_threads_write_is_stuck(tmp_path, monkeypatch):
-    release, writing = threading.Event(), threading.Event()
-    real_write = outcomes.pq.write_table
-
-    def stuck_write(table, where, **kw):
-        writing.set()
-        release.wait()
-        real_write(table, where, **kw)
-
-    monkeypatch.setattr(outcomes.pq, "write_table", stuck_write)
+    disk = StuckDisk(monkeypatch)
     log = OutcomeLogger(tmp_path / "out", flush_rows=1_000, flush_s=0)
     log.served("r0", 1.0, "ro", 1, "canary", "ranker:v2", 200, 3.0, [1, 2], [0.5, 0.4])
     poll = threading.Thread(target=log.flush_due)  # the replica's poll thread
     poll.start()
-    assert writing.wait(timeout=10)
+    assert disk.writing.wait(timeout=10)
 
     def request() -> None:
         log.served("r1", 2.0, "ro", 2, "production", "ranker:v1", 200, 2.0, [3], [0.9])
@@ -37,7 +29,7 @@ def test_requests_keep_logging_while_the_poll_threads_write_is_stuck(tmp_path, m
     answered.start()
     answered.join(timeout=10)
     assert not answered.is_alive(), "a request waited for the poll thread's write"
-    release.set()
+    disk.release.set()
     poll.join(timeout=10)
     log.flush()
     requests = pq.read_table(tmp_path / "out" / "requests").to_pandas()

@@ -23,20 +23,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stage_cpu import shipped_core
+from stage_cpu import serve_calls, shipped_core
 
 from rayml.monitoring.online import Monitor, MonitorConfig
 from rayml.monitoring.tap import MonitorTap
-from rayml.serving.recommender import RecommendCall, RecommenderCore
-
-
-def serve_calls(core: RecommenderCore, users: np.ndarray) -> None:
-    """The in-process request path: prepare (lookup, encode), score, finish (filters, taps, answer)."""
-    for user in users:
-        prepared = core.prepare_many([RecommendCall(int(user), 10)])
-        for batch in core.ranking_batches(prepared):
-            batch.set_scores(core.ranking.score(batch.ranker, batch.features))
-        core.finish_many(prepared)
+from rayml.serving.recommender import RecommendCall
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stage_cpu import shipped_core
+from stage_cpu import serve_calls, shipped_core
 
 from rayml.rollout.outcomes import OutcomeLogger
 from rayml.rollout.router import CanaryWeights, Router
@@ -96,11 +96,7 @@ def main() -> None:
 def _core_us(core: RecommenderCore, users: np.ndarray) -> float:
     """The recommender's own CPU µs per request (one at a time), as stage_cpu measures it."""
     t = time.process_time_ns()
-    for user in users:
-        prepared = core.prepare_many([RecommendCall(int(user), 10)])
-        for batch in core.ranking_batches(prepared):
-            batch.set_scores(core.ranking.score(batch.ranker, batch.features))
-        core.finish_many(prepared)
+    serve_calls(core, users)
     return (time.process_time_ns() - t) / len(users) / 1e3
 
 

@@ -42,6 +42,15 @@ def measure(core: RecommenderCore, users: np.ndarray) -> dict[str, float]:
     return {name: round(ns / len(users) / 1e3, 1) for name, ns in spent.items()}
 
 
+def serve_calls(core: RecommenderCore, users: np.ndarray) -> None:
+    """The in-process request path, one user at a time: prepare (lookup, encode), score, finish (filters, taps, answer)."""
+    for user in users:
+        prepared = core.prepare_many([RecommendCall(int(user), 10)])
+        for batch in core.ranking_batches(prepared):
+            batch.set_scores(core.ranking.score(batch.ranker, batch.features))
+        core.finish_many(prepared)
+
+
 def shipped_core(config: str = "serve_apps/recommender.yaml") -> RecommenderCore:
     """The recommender of a shipped serve config, in this process (no event log, auth off)."""
     raw = yaml.safe_load(Path(config).read_text())["applications"][0]["args"]

@@ -28,15 +28,16 @@ class MonitorTap:
     """Samples rows in a replica and ships them as one message per ``send_every_s`` (never on the request path).
 
     ``send`` gets ``{"replica", "columns": {name: list}, "profiles": [...]}`` (see :func:`bucket_profiles`) and
-    must not block (a Serve handle's ``.remote``). ``bucket_s`` must divide the monitor's ``window_s``.
+    must not block (a Serve handle's ``.remote``). ``bucket_s`` must divide the monitor's ``window_s``; with
+    ``bucket_s=None`` the messages carry rows only, no profiles.
     """
 
     def __init__(self, sample_rate: float, send: Callable[[dict[str, Any]], Any], replica: str = "local",
-                 send_every_s: float = 1.0, max_rows: int = 10_000, bucket_s: float = 1.0,
-                 profiles: bool = True) -> None:
+                 send_every_s: float = 1.0, max_rows: int = 10_000,
+                 bucket_s: float | None = 1.0) -> None:
         self.sample_rate, self.send, self.replica = sample_rate, send, replica
         self.send_every_s, self.max_rows = send_every_s, max_rows
-        self.bucket_s, self.profiles = bucket_s, profiles
+        self.bucket_s = bucket_s
         self.schema: dict[str, str] | None = None  # each feature's kind, fixed by the first message typing it
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -62,7 +63,7 @@ class MonitorTap:
             return
         columns = {key: [r.get(key) for r in rows] for key in dict.fromkeys(k for r in rows for k in r)}
         message: dict[str, Any] = {"replica": self.replica, "columns": columns}
-        if self.profiles:
+        if self.bucket_s is not None:
             try:
                 message["profiles"], self.schema = bucket_profiles(columns, self.bucket_s, self.schema)
             except Exception as exc:  # e.g. text in a numeric feature: the rows still go, the monitor counts them

@@ -126,7 +126,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
             self._loop.call_soon_threadsafe(lambda: handle.ingest.remote(message))
 
         self.monitor_tap = MonitorTap(cfg.sample_rate, send, replica=replica_id() or "local", send_every_s=cfg.send_every_s,
-                                      bucket_s=cfg.profile_bucket_s or 1.0, profiles=cfg.profile_bucket_s is not None)
+                                      bucket_s=cfg.profile_bucket_s)
         self.core.taps["monitor"] = self._monitor_tap
 
     def _monitor_tap(self, p: Prepared) -> None:

@@ -146,6 +146,15 @@ def test_buckets_split_by_version_and_event_time_and_a_bad_value_loses_no_rows()
         tap.stop()
     assert tap.profile_errors == 1 and tap.sent_rows == 2 and "profiles" not in sent[1]
     assert sent[1]["columns"]["age"] == ["forty"]
+    rows_only: list[dict] = []
+    untyped = MonitorTap(1.0, rows_only.append, send_every_s=3600, bucket_s=None)  # profile_bucket_s: null
+    try:
+        untyped.add({"ts": T0, "version": "a", "age": 1.0})
+        untyped.flush()
+    finally:
+        untyped.stop()
+    assert rows_only == [{"replica": "local", "columns": {"ts": [T0], "version": ["a"], "age": [1.0]}}]
+    assert untyped.schema is None and untyped.profile_errors == 0
 
 
 def test_exported_quality_rates_come_from_the_profiles_where_a_window_has_them():

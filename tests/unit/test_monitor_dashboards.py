@@ -13,22 +13,26 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.promql import (
+    DASHBOARD,
+    RULES,
+    Matcher,
+    contract_series,
+    dashboard_panels,
+    grouping_labels,
+    metric_names,
+    rules,
+    selectors,
+    template_labels,
+)
+
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "cluster" / "grafana" / "rayml-dashboard.json"
-METRICS_MD = ROOT / "cluster" / "grafana" / "METRICS.md"
-RULES = ROOT / "cluster" / "prometheus" / "rayml-alerts.yaml"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
     reason="promtool is not on PATH (apt-get install -y prometheus) — rule checks skipped",
 )
-
-PROMQL_WORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-    "and", "or", "unless", "inf", "nan", "atan2",
-}  # fmt: skip
 
 # The ray.util.metrics names of the contract, and what each must be on the dashboard.
 CONTRACT = {
@@ -44,42 +48,6 @@ CONTRACT = {
     "rayml_alerts_firing": "gauge",
     "rayml_monitor_rows": "gauge",
 }
-
-
-def metric_names(expr: str) -> set[str]:
-    """Series names a PromQL expression selects (functions, keywords, labels and Grafana variables removed)."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    e = re.sub(r"\$\{?\w+\}?", "", e)
-    e = re.sub(r"\{[^}]*\}", "", e)
-    e = re.sub(r"\[[^\]]*\]", "", e)
-    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
-    names = set()
-    for m in re.finditer(r"(?<![\w:.])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", e):
-        token, call = m.group(1), m.group(2)
-        if call or token.lower() in PROMQL_WORDS:
-            continue
-        names.add(token)
-    return names
-
-
-def contract_series() -> dict[str, tuple[str, set[str]]]:
-    """From METRICS.md's table: ray.util.metrics name → (type, exported series)."""
-    out = {}
-    for line in METRICS_MD.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("| `rayml_"):
-            continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        name = cells[0].strip("`")
-        out[name] = (cells[1].lower(), set(re.findall(r"`(ray_rayml_\w+)`", cells[2])))
-    return out
-
-
-def _panels(dash: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for p in dash["panels"]:
-        out.append(p)
-        out.extend(p.get("panels", []))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +67,26 @@ def test_expression_parser() -> None:
     assert metric_names("count_over_time((m > 0.2)[4h:1h]) >= 3 and on (f) n") == {"m", "n"}
 
 
+def test_selector_and_label_parsers() -> None:
+    expr = ('max by (version, check) (q{version=~"$version", check=~".*_rate"}) '
+            'and on (version) p{source="delayed", metric!="a}b"}')
+    (q, q_matchers), (p, p_matchers) = selectors(expr)
+    assert (q, p) == ("q", "p")
+    assert p_matchers == (Matcher("source", "=", "delayed"), Matcher("metric", "!=", "a}b"))
+    assert grouping_labels(expr) == {"version", "check"}
+    assert template_labels("{{arm}} {{ model_version }} and {{ $labels.rule }}, $labels.feature") == {
+        "arm", "model_version", "rule", "feature"}
+    version, rate = q_matchers
+    assert version.matches({"version": "7"}) and not version.matches({"feature": "x"})  # a variable: any value
+    assert rate.matches({"check": "missing_rate"}) and not rate.matches({"check": "cardinality"})
+    assert p_matchers[1].matches({"metric": "auc"}) and not p_matchers[1].matches({"metric": "a}b"})
+
+
 def test_metrics_md_lists_the_contract_with_ray_names() -> None:
     table = contract_series()
     assert set(table) == set(CONTRACT)
     for name, kind in CONTRACT.items():
-        declared, series = table[name]
+        declared, series, _ = table[name]
         assert declared.startswith(kind), name
         if kind == "counter":
             assert series == {f"ray_{name}_total"}
@@ -121,9 +104,9 @@ def test_dashboard_is_importable(dashboard: dict[str, Any]) -> None:
         inputs["DS_PROMETHEUS"]["type"] == "datasource"
         and inputs["DS_PROMETHEUS"]["pluginId"] == "prometheus"
     )
-    ids = [p["id"] for p in _panels(dashboard)]
+    ids = [p["id"] for p in dashboard_panels(dashboard)]
     assert len(ids) == len(set(ids))
-    for p in _panels(dashboard):
+    for p in dashboard_panels(dashboard):
         if p["type"] == "row":
             continue
         assert p["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, p["title"]
@@ -135,9 +118,9 @@ def test_dashboard_is_importable(dashboard: dict[str, Any]) -> None:
 
 
 def test_dashboard_uses_only_contract_metrics(dashboard: dict[str, Any]) -> None:
-    allowed = set().union(*(series for _, series in contract_series().values()))
+    allowed = set().union(*(row.series for row in contract_series().values()))
     used: set[str] = set()
-    for p in _panels(dashboard):
+    for p in dashboard_panels(dashboard):
         for t in p.get("targets", []):
             names = metric_names(t["expr"])
             assert names, (p["title"], t["expr"])
@@ -147,28 +130,23 @@ def test_dashboard_uses_only_contract_metrics(dashboard: dict[str, Any]) -> None
         m = re.match(r"label_values\((\w+),", var["query"]["query"])
         assert m and m.group(1) in allowed, var["name"]
     # Every metric of the contract has a panel.
-    for name, (_, series) in contract_series().items():
+    for name, (_, series, _) in contract_series().items():
         assert used & series, f"no panel shows {name}"
     assert any(
         "histogram_quantile(0.99" in t["expr"]
-        for p in _panels(dashboard)
+        for p in dashboard_panels(dashboard)
         for t in p.get("targets", [])
     )
 
 
-def _rules() -> list[dict[str, Any]]:
-    doc = yaml.safe_load(RULES.read_text(encoding="utf-8"))
-    return [r for g in doc["groups"] for r in g["rules"]]
-
-
 def test_rules_use_only_contract_metrics_and_recorded_series() -> None:
-    rules = _rules()
-    recorded = {r["record"] for r in rules if "record" in r}
-    allowed = set().union(*(series for _, series in contract_series().values())) | recorded
-    for r in rules:
+    all_rules = rules()
+    recorded = {r["record"] for r in all_rules if "record" in r}
+    allowed = set().union(*(row.series for row in contract_series().values())) | recorded
+    for r in all_rules:
         names = metric_names(r["expr"])
         assert names and names <= allowed, (r.get("alert") or r.get("record"), names - allowed)
-    alerts = {r["alert"] for r in rules if "alert" in r}
+    alerts = {r["alert"] for r in all_rules if "alert" in r}
     assert {
         "RaymlFeatureDriftPSI", "RaymlAUCDrop7d", "RaymlLatencyP99OverSLO", "RaymlErrorRateHigh",
         "RaymlModelStale", "RaymlTrainingDataStale", "RaymlMonitorAlertFiring",

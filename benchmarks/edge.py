@@ -11,7 +11,7 @@ on, one replica each at the same CPU share). ``wrk`` drives, in the same run:
   own port (direct ingress), as reference rows;
 - with ``--redis-port``, ``/recommend`` on the Redis online store (a second app);
 - with ``--overload``, the overload ladder of ``docs/benchmarks.md``: C* is the smallest connection count in
-  1, 2, 4 … 512 reaching 95 % of the best req/s; then C*, 2C*, 5C* and max(10C*, 320) connections with a 2 s
+  1, 2, 4 … 512 reaching 95 % of the best req/s (each point the median of three 3 s runs); then C*, 2C*, 5C* and max(10C*, 320) connections with a 2 s
   time-out, hammering (plain wrk) and polite (each connection waits Retry-After before resending).
 
 Prints one JSON line per measurement, then the ratios the targets are stated in. wrk shares the 2 cores with the
@@ -303,9 +303,11 @@ class HAProxyLog:
 
 def overload(url: str, hammer: Path, polite: Path, seconds: float, log: HAProxyLog | None = None) -> None:
     """The ladder, then C*, 2C*, 5C*, max(10C*, 320) for both kinds of client, then recovery after the load."""
-    ladder = {c: wrk(url, hammer, c, min(seconds, 5), timeout_s=2) for c in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
-    for row in ladder.values():
-        emit({"bench": "overload", "phase": "ladder", **row})
+    ladder = {}
+    for c in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):  # each point: the median of 3 runs (this box moves ±20 %)
+        runs = sorted((wrk(url, hammer, c, 3, timeout_s=2) for _ in range(3)), key=lambda r: r["goodput"])
+        ladder[c] = {**runs[1], "goodput_runs": [r["goodput"] for r in runs]}
+        emit({"bench": "overload", "phase": "ladder", **ladder[c]})
     peak = max(r["goodput"] for r in ladder.values())
     c_star = min(c for c, r in ladder.items() if r["goodput"] >= 0.95 * peak)
     at_c_star = {}

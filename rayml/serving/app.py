@@ -82,7 +82,9 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
         self.ranker = ranker
         edge = self.core.args
         EDGE.update(max_body_bytes=edge.max_body_bytes, access_log_sample=edge.access_log_sample,
-                    max_in_flight=edge.max_in_flight, retry_after_s=edge.retry_after_s)
+                    max_in_flight=edge.max_in_flight, retry_after_s=edge.retry_after_s,
+                    overload_in_flight=edge.overload.in_flight if edge.overload else 0,
+                    overload_hold_s=edge.overload.hold_s if edge.overload else 0.0)
         self.auth = TokenStore(edge.auth)
         self.health = ReplicaHealth(edge.health.stall_s, edge.health.failing_after)
         backend = {"backend": self.core.features.backend}
@@ -269,7 +271,7 @@ class RecommenderIngress(HealthRoutes, OIPRoutes, RolloutRoutes):
 
     def batching(self) -> dict[str, float]:
         return {**batching_state(self._recommend_batch), "largest_batch": self.core.largest_batch,
-                "shed": IN_FLIGHT.shed}
+                "shed": IN_FLIGHT.shed, "overloaded": IN_FLIGHT.overloaded(time.monotonic())}
 
     @api.post("/recommend", response_model=RecommendResponse, responses=responses(401, 403, 404, 413, 422, 429, 503),
               openapi_extra=SECURED)

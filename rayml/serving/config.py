@@ -23,6 +23,27 @@ class HealthConfig(StrictModel):
     )
 
 
+class OverloadMode(StrictModel):
+    """Shedding under sustained overload (:class:`rayml.serving.http_guards.InFlight`).
+
+    While clients ask for no more than ``max_in_flight`` requests at once, all are admitted. Once one is shed,
+    demand exceeds capacity, and queueing more requests than the replica needs to keep its batches full only adds
+    latency: for ``hold_s`` after the latest shed, a POST is admitted only while fewer than ``in_flight`` are
+    inside. Admitted requests then keep the latency of a replica at its best throughput, and the rest get 503 +
+    Retry-After at once."""
+
+    in_flight: int = Field(
+        16, ge=1, le=100_000,
+        description="Admitted requests at most while overloaded: at least a batch, about the concurrency at which "
+        "the replica reaches its best throughput (C* of `benchmarks/edge.py --overload`).",
+    )
+    hold_s: float = Field(
+        3.0, gt=0, le=3600,
+        description="Overloaded until this long after the latest shed; at least retry_after_s, so polite clients "
+        "coming back after Retry-After still find the tight limit.",
+    )
+
+
 class ExperimentArmServing(StrictModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="The arm's name.")
     weight_pct: float = Field(gt=0, le=100, description="Share of users, percent; the arms sum to 100.")
@@ -144,12 +165,14 @@ class RecommenderArgs(StrictModel):
     auth: AuthConfig = Field(AuthConfig(), description="Bearer tokens by role (read, ingest, admin).")
     health: HealthConfig = Field(HealthConfig(), description="Liveness thresholds (see rayml.serving.health).")
     max_in_flight: int = Field(
-        64, ge=0, le=100_000,
+        0, ge=0, le=100_000,
         description="Admission control: a POST arriving while this many requests are inside the replica gets 503 + "
-        "Retry-After at once, before any work (0: admit all). Keep it near a few batches: every admitted request "
-        "waits for the ones ahead of it.",
+        "Retry-After at once, before any work (0: admit all; Serve's max_queued_requests still sheds). It must be "
+        "below the deployment's max_ongoing_requests, the most Serve lets into the app.",
     )
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After of an admission-control 503.")
+    overload: OverloadMode | None = Field(
+        None, description="Tighter admission while overloaded (needs max_in_flight; null: max_in_flight only).")
     access_log_sample: float = Field(
         0.01, ge=0, le=1, description="Share of requests given an access-log line (every 5xx is logged)."
     )
@@ -175,6 +198,20 @@ class RecommenderArgs(StrictModel):
         if self.rollout is not None and "://" in self.registry:
             raise ValueError("rollout: needs the registry on a filesystem with file locks (the rollout lease); "
                              f"registry {self.registry.split('?', 1)[0]} is a URI (docs/registry-uri.md)")
+        return self
+
+    @model_validator(mode="after")
+    def _overload_limits(self) -> RecommenderArgs:
+        if self.overload is None:
+            return self
+        if not self.max_in_flight:
+            raise ValueError("overload: needs max_in_flight > 0 (a first shed is what marks the overload)")
+        if self.overload.in_flight > self.max_in_flight:
+            raise ValueError(f"overload.in_flight={self.overload.in_flight} must be <= "
+                             f"max_in_flight={self.max_in_flight}")
+        if self.overload.hold_s < self.retry_after_s:
+            raise ValueError(f"overload.hold_s={self.overload.hold_s:g} must be >= retry_after_s="
+                             f"{self.retry_after_s}: clients retrying after Retry-After would find the limit relaxed")
         return self
 
     @model_validator(mode="after")

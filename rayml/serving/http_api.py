@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from rayml.serving.auth import AuthError
 from rayml.serving.config import RecommenderArgs
 from rayml.serving.fast_routes import ROUTES, FastRoutes, Handler
-from rayml.serving.http_guards import AccessLog, BodyLimit, InFlight, RequestCount
+from rayml.serving.http_guards import AccessLog, Admission, BodyLimit, InFlight, RequestCount
 
 access_logger = logging.getLogger("ray.serve")
 
@@ -30,6 +30,8 @@ EDGE: dict[str, Any] = {  # this replica's edge settings, set from its args at s
     "access_log_sample": 0.0,
     "max_in_flight": 0,
     "retry_after_s": 1,
+    "overload_in_flight": 0,
+    "overload_hold_s": 0.0,
 }
 IN_FLIGHT = RequestCount()  # HTTP requests inside this replica now
 
@@ -52,8 +54,8 @@ def _in_flight() -> RequestCount:
     return IN_FLIGHT
 
 
-def _admission() -> tuple[int, int]:
-    return EDGE["max_in_flight"], EDGE["retry_after_s"]
+def _admission() -> Admission:
+    return Admission(EDGE["max_in_flight"], EDGE["retry_after_s"], EDGE["overload_in_flight"], EDGE["overload_hold_s"])
 
 
 def _fast_routes() -> dict[tuple[str, str], Handler]:

@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -68,21 +68,37 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class Admission(NamedTuple):
+    """What :class:`InFlight` admits: ``most`` requests inside (0: all); while overloaded, ``overload_most``."""
+
+    most: int
+    retry_after_s: int
+    overload_most: int = 0  # 0: no overload mode
+    hold_s: float = 0.0  # overloaded until this long after the latest shed
+
+
 class InFlight:
-    """``app.add_middleware(InFlight, counter=get, limit=get_limit)``: ``get().value`` is the number of HTTP
+    """``app.add_middleware(InFlight, counter=get, limit=get_admission)``: ``get().value`` is the number of HTTP
     requests in the app now.
 
-    Admission control: a ``POST`` arriving while ``limit()`` requests are already inside is answered ``503`` with
+    Admission control: a ``POST`` arriving while ``most`` requests are already inside is answered ``503`` with
     ``Retry-After`` at once, before its body is read or any work starts, so an overloaded replica spends its CPU
     on the requests it accepted instead of on a queue that grows until clients time out. Probes (``GET``) are
-    always admitted. ``limit() == 0`` admits everything.
+    always admitted. ``most == 0`` admits everything.
+
+    Overload mode: a shed means demand exceeds what the replica serves, and every request admitted beyond the
+    concurrency that keeps its batches full only waits (Little's law: latency = in flight / throughput). So for
+    ``hold_s`` after the latest shed the limit is ``overload_most``; a closed-loop client with fewer connections
+    than ``most`` never triggers it.
     """
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
-                 counter: Callable[[], RequestCount], limit: Callable[[], tuple[int, int]] | None = None) -> None:
+                 counter: Callable[[], RequestCount], limit: Callable[[], Admission] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.counter = counter
         self.limit = limit
+        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,11 +106,18 @@ class InFlight:
             return
         counter = self.counter()
         if self.limit is not None and scope.get("method") == "POST":
-            most, retry_after_s = self.limit()
-            if most and counter.value >= most:
-                counter.shed += 1
-                await _over_capacity(send, most, retry_after_s)
-                return
+            admission = self.limit()
+            most = admission.most
+            if most:
+                now = self.clock()
+                if admission.overload_most and now < counter.overloaded_until:
+                    most = min(most, admission.overload_most)
+                if counter.value >= most:
+                    counter.shed += 1
+                    if admission.overload_most:
+                        counter.overloaded_until = now + admission.hold_s
+                    await _over_capacity(send, most, admission.retry_after_s)
+                    return
         counter.value += 1  # one event loop: no lock needed
         try:
             await self.app(scope, receive, send)
@@ -108,6 +131,11 @@ class RequestCount:
     def __init__(self) -> None:
         self.value = 0
         self.shed = 0  # requests refused by admission control
+        self.overloaded_until = 0.0  # time.monotonic() until which the overload limit applies
+
+    def overloaded(self, now: float) -> bool:
+        """Whether the overload limit applies at ``now`` (``time.monotonic()``)."""
+        return now < self.overloaded_until
 
 
 async def _over_capacity(send: Send, most: int, retry_after_s: int) -> None:

@@ -105,8 +105,10 @@ def overload_problems(index: int, args: RecommenderArgs, app: dict) -> list[str]
     """Overload settings of the recommender's ingress that cannot work, each naming its key.
 
     - ``max_ongoing_requests`` below the batch size: Serve never lets a full batch into the replica.
-    - ``args.max_in_flight`` below the batch size or above what Serve admits (``max_ongoing_requests`` +
-      ``max_queued_requests``): batches never fill, or the guard never fires.
+    - ``args.max_in_flight`` below the batch size, or not below ``max_ongoing_requests`` (Serve hands the app at most
+      that many; the rest wait in Serve's queue, never seen by the guard): batches never fill, or the guard never
+      fires.
+    - ``args.overload.in_flight`` below the batch size: while overloaded, batches could never fill.
     """
     problems = []
     for j, deployment in enumerate(app.get("deployments") or []):
@@ -121,12 +123,13 @@ def overload_problems(index: int, args: RecommenderArgs, app: dict) -> list[str]
         if args.max_in_flight and args.max_in_flight < batch:
             problems.append(f"key 'applications.{index}.args.max_in_flight': {args.max_in_flight} is below the "
                             f"batch size {batch}: a batch could never fill; raise it or set 0")
-        queued = deployment.get("max_queued_requests")
-        if args.max_in_flight and ongoing is not None and queued is not None and queued >= 0 \
-                and args.max_in_flight > ongoing + queued:
-            problems.append(f"key 'applications.{index}.args.max_in_flight': {args.max_in_flight} is above what "
-                            f"Serve admits ({where}: max_ongoing_requests {ongoing} + max_queued_requests {queued} "
-                            f"= {ongoing + queued}): it would never shed; lower it or set 0")
+        if args.overload is not None and args.overload.in_flight < batch:
+            problems.append(f"key 'applications.{index}.args.overload.in_flight': {args.overload.in_flight} is "
+                            f"below the batch size {batch}: while overloaded a batch could never fill")
+        if args.max_in_flight and ongoing is not None and args.max_in_flight >= ongoing:
+            problems.append(f"key 'applications.{index}.args.max_in_flight': {args.max_in_flight} is not below what "
+                            f"Serve lets into the app ({where}.max_ongoing_requests: {ongoing}): it would never "
+                            "shed; lower it or set 0")
     return problems
 
 

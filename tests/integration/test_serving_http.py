@@ -45,7 +45,8 @@ def test_healthz(serve_url):
     response = requests.get(f"{serve_url}/healthz", timeout=10)
     assert response.status_code == 200
     body = response.json()
-    assert body.pop("batching").keys() == {"max_batch_size", "batch_wait_timeout_s", "largest_batch", "shed"}
+    assert body.pop("batching").keys() == {"max_batch_size", "batch_wait_timeout_s", "largest_batch", "shed",
+                                                "overloaded"}
     assert isinstance(body.pop("replica"), str)
     startup = body.pop("startup_s")
     assert startup.keys() == {"init", "since_import", "pid"} and 0 < startup["init"] <= startup["since_import"]

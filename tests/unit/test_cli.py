@@ -118,15 +118,24 @@ def test_serve_refuses_overload_settings_that_cannot_work(tmp_path):
     config = yaml.safe_load(Path("serve_apps/recommender.yaml").read_text())
     deployment = config["applications"][0]["deployments"][0]
     deployment["max_ongoing_requests"] = 4  # below the batch size of 8
-    config["applications"][0]["args"]["max_in_flight"] = 500  # above 4 ongoing + 32 queued
+    config["applications"][0]["args"]["max_in_flight"] = 500  # above the 4 Serve lets into the app
+    config["applications"][0]["args"]["overload"] = {"in_flight": 4}  # below the batch size too
     bad = tmp_path / "overload.yaml"
     bad.write_text(yaml.safe_dump(config))
     result = run("serve", str(bad))
     assert result.exit_code == 2
     assert f"{bad}: key 'applications.0.deployments.0.max_ongoing_requests': 4 is below the batch size 8" in result.output
-    assert "key 'applications.0.args.max_in_flight': 500 is above what Serve admits" in result.output
+    assert "key 'applications.0.args.max_in_flight': 500 is not below what Serve lets into the app" in result.output
+    assert "key 'applications.0.args.overload.in_flight': 4 is below the batch size 8" in result.output
     config["applications"][0]["args"]["max_in_flight"] = 3
+    config["applications"][0]["args"]["overload"] = None
     deployment["max_ongoing_requests"] = 32
     bad.write_text(yaml.safe_dump(config))
     result = run("serve", str(bad))
     assert result.exit_code == 2 and "key 'applications.0.args.max_in_flight': 3 is below the batch size 8" in result.output
+    for overload, says in (({"in_flight": 40}, "overload.in_flight=40 must be <= max_in_flight=24"),
+                           ({"in_flight": 16, "hold_s": 0.5}, "overload.hold_s=0.5 must be >= retry_after_s=1")):
+        config["applications"][0]["args"].update(max_in_flight=24, overload=overload)
+        bad.write_text(yaml.safe_dump(config))
+        result = run("serve", str(bad))
+        assert result.exit_code == 2 and says in result.output, result.output

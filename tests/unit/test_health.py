@@ -132,7 +132,7 @@ def test_access_log_samples_but_keeps_every_server_error():
 
 
 def test_admission_control_sheds_posts_before_any_work_and_never_probes():
-    from rayml.serving.http_guards import InFlight, RequestCount
+    from rayml.serving.http_guards import Admission, InFlight, RequestCount
 
     counter = RequestCount()
     inner = FastAPI()
@@ -149,7 +149,7 @@ def test_admission_control_sheds_posts_before_any_work_and_never_probes():
     def healthz() -> dict:
         return {"status": "ok"}
 
-    app = InFlight(inner, counter=lambda: counter, limit=lambda: (2, 3))
+    app = InFlight(inner, counter=lambda: counter, limit=lambda: Admission(2, 3))
 
     async def scenario() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -166,3 +166,62 @@ def test_admission_control_sheds_posts_before_any_work_and_never_probes():
     assert shed.status_code == 503 and shed.headers["retry-after"] == "3" and "over capacity" in shed.json()["detail"]
     assert probe.status_code == 200 and all(r.status_code == 200 for r in held)
     assert started == ["work", "work"] and counter.shed == 1 and counter.value == 0  # the shed one did no work
+
+
+def test_a_shed_tightens_admission_to_the_overload_limit_until_hold_s_passes():
+    """Below ``most`` nothing is shed and the limit never tightens (a closed-loop client with fewer connections);
+    after a shed, only ``overload_most`` are admitted until ``hold_s`` after the latest shed."""
+    from rayml.serving.http_guards import Admission, InFlight, RequestCount
+    from tests.clock import Clock
+
+    counter, clock = RequestCount(), Clock()
+    inner = FastAPI()
+    gates: list[asyncio.Event] = []
+
+    @inner.post("/work")
+    async def work() -> dict:
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+        return {"ok": True}
+
+    app = InFlight(inner, counter=lambda: counter, limit=lambda: Admission(4, 1, overload_most=2, hold_s=3.0),
+                   clock=clock)
+
+    async def scenario() -> dict[str, list[int]]:
+        transport = httpx.ASGITransport(app=app)
+        seen: dict[str, list[int]] = {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async def hold(n: int) -> list[asyncio.Task]:
+                before = len(gates)
+                tasks = [asyncio.create_task(client.post("/work", json={})) for _ in range(n)]
+                while len(gates) < before + n:
+                    await asyncio.sleep(0.005)
+                return tasks
+
+            async def release(tasks: list[asyncio.Task]) -> list[int]:
+                for gate in gates:
+                    gate.set()
+                gates.clear()
+                return [r.status_code for r in await asyncio.gather(*tasks)]
+
+            first = await hold(3)  # 3 < 4: all in, no overload
+            seen["below most"] = await release(first)
+            assert not counter.overloaded(clock())
+            held = await hold(4)
+            seen["fifth"] = [(await client.post("/work", json={})).status_code]  # 4 inside: shed, overloaded
+            assert counter.overloaded(clock())
+            seen["held"] = await release(held)
+            two = await hold(2)  # 2 inside now: the overload limit
+            seen["third while overloaded"] = [(await client.post("/work", json={})).status_code]
+            clock.now += 2.9  # still within hold_s of the latest shed, which restarted it
+            seen["later, still overloaded"] = [(await client.post("/work", json={})).status_code]
+            clock.now += 3.1
+            assert not counter.overloaded(clock())
+            seen["after hold_s"] = await release([*two, *await hold(2)])  # 4 inside again: the normal limit
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == {"below most": [200] * 3, "fifth": [503], "held": [200] * 4, "third while overloaded": [503],
+                    "later, still overloaded": [503], "after hold_s": [200] * 4}
+    assert counter.shed == 3 and counter.value == 0

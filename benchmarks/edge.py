@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -84,15 +86,20 @@ def wrk(url: str, script: Path, connections: int, seconds: float, timeout_s: flo
     whichever connection of the thread wrote next (while the rejected one resent at once).
     """
     threads = threads or min(2, connections)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s",
                           "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     statuses = json.loads(re.search(r"STATUSES (\{.*\})", out).group(1))
     lat = re.search(r"LAT p50=(\d+) p99=(\d+) timeouts=(\d+)", out)
     total = sum(statuses.values())
     ok = sum(n for code, n in statuses.items() if code.startswith("2"))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"connections": connections, "req_per_s": round(total / seconds, 1), "goodput": round(ok / seconds, 1),
             "p50_ms": int(lat.group(1)) / 1e3, "p99_ms": int(lat.group(2)) / 1e3, "statuses": statuses,
-            "timeouts": int(lat.group(3))}
+            "timeouts": int(lat.group(3)),
+            # wrk's own CPU, as a share of the machine's: the load generator shares the cores with the server
+            "client_cpu_share": round(client_cpu_s / (max(1, round(seconds)) * (os.cpu_count() or 1)), 3)}
 
 
 def script(folder: Path, name: str, users: list[int], token: str | None, polite: bool = False) -> Path:
@@ -270,11 +277,14 @@ def stop_cluster(private: Path) -> None:
     shutil.rmtree(private, ignore_errors=True)
 
 
-HTTPLOG = re.compile(rb" -?\d+/-?\d+/-?\d+/-?\d+/(-?\d+) (-?\d+) ")  # %TR/%Tw/%Tc/%Tr/%Ta %ST
+# accept date, then %TR/%Tw/%Tc/%Tr/%Ta %ST (option httplog)
+HTTPLOG = re.compile(rb"\[(\d+/\w+/\d+:\d+:\d+:\d+\.\d+)\] .* -?\d+/-?\d+/-?\d+/(-?\d+)/(-?\d+) (-?\d+) "
+                     rb"-?\d+ \S+ \S+ (\S{4}) ")  # then %B %CC %CS %tsc: the session's termination state
 
 
 class HAProxyLog:
-    """Per-status counts and latency (``%Ta``, ms) of the requests HAProxy logged since :meth:`mark`."""
+    """Per-status counts and latency (``%Ta``, ms) of the requests HAProxy logged since :meth:`mark`, and the
+    server's share of it (``%Tr``: from the request sent to the replica to its response headers)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -286,8 +296,11 @@ class HAProxyLog:
     def mark(self) -> None:
         self.offsets = {f: f.stat().st_size for f in self.files()}
 
-    def since_mark(self) -> dict[str, dict]:
+    def since_mark(self, window: tuple[float, float] | None = None) -> dict[str, dict]:
+        """``window``: (start, end) in ``time.time()`` seconds; only requests HAProxy accepted within it count,
+        and each status then also gets its rate (``per_s``) over the window."""
         latencies: dict[str, list[int]] = {}
+        endings: dict[str, dict[str, int]] = {}  # per status: HAProxy's termination states, e.g. "SD--", "CD--"
         for f in self.files():
             with f.open("rb") as handle:
                 handle.seek(self.offsets.get(f, 0))
@@ -295,14 +308,34 @@ class HAProxyLog:
                     if b"/recommend" not in line:
                         continue
                     match = HTTPLOG.search(line)
-                    if match:
-                        latencies.setdefault(match.group(2).decode(), []).append(int(match.group(1)))
-        return {status: {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
-                for status, ms in sorted(latencies.items())}
+                    if not match:
+                        continue
+                    if window is not None:
+                        accepted = datetime.strptime(match.group(1).decode(), "%d/%b/%Y:%H:%M:%S.%f").timestamp()
+                        if not window[0] <= accepted < window[1]:
+                            continue
+                    status, ending = match.group(4).decode(), match.group(5).decode()
+                    latencies.setdefault(status, []).append(int(match.group(3)))
+                    endings.setdefault(status, {}).setdefault(ending, 0)
+                    endings[status][ending] += 1
+        out = {status: {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+                        "endings": endings[status]}
+               for status, ms in sorted(latencies.items())}
+        if window is not None:
+            for row in out.values():
+                row["per_s"] = round(row["n"] / (window[1] - window[0]), 1)
+        return out
 
 
-def overload(url: str, hammer: Path, polite: Path, seconds: float, log: HAProxyLog | None = None) -> None:
-    """The ladder, then C*, 2C*, 5C*, max(10C*, 320) for both kinds of client, then recovery after the load."""
+def overload(url: str, hammer: Path, polite: Path, seconds: float, log: HAProxyLog | None = None,
+             warmup_s: float = 2.0) -> None:
+    """The ladder, then C*, 2C*, 5C*, max(10C*, 320) for both kinds of client, then recovery after the load.
+
+    Each load point runs ``warmup_s + seconds``. wrk opens all its connections at once, so a point's first second
+    is a connection storm (HAProxy opens one replica connection per client connection; the replica accepts and
+    parses them all before it sheds any); wrk's own figures cover the whole run, storm included. HAProxy's log
+    gives the steady state apart: the requests it accepted after ``warmup_s``, their goodput and each status's
+    latency (``steady``), and the storm's own (``storm``)."""
     ladder = {}
     for c in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):  # each point: the median of 3 runs (this box moves ±20 %)
         runs = sorted((wrk(url, hammer, c, 3, timeout_s=2) for _ in range(3)), key=lambda r: r["goodput"])
@@ -310,27 +343,30 @@ def overload(url: str, hammer: Path, polite: Path, seconds: float, log: HAProxyL
         emit({"bench": "overload", "phase": "ladder", **ladder[c]})
     peak = max(r["goodput"] for r in ladder.values())
     c_star = min(c for c, r in ladder.items() if r["goodput"] >= 0.95 * peak)
-    at_c_star = {}
+    at_c_star: dict[str, dict] = {}
     for kind, path in (("hammering", hammer), ("polite", polite)):
         for factor, c in (("1x", c_star), ("2x", 2 * c_star), ("5x", 5 * c_star), ("10x", max(10 * c_star, 320))):
             if log is not None:
                 log.mark()
+            began = time.time()
             row = {"bench": "overload", "client": kind, "load": factor, "c_star": c_star, "peak": peak,
-                   **wrk(url, path, c, seconds, timeout_s=2, threads=c if kind == "polite" else None)}
+                   **wrk(url, path, c, warmup_s + seconds, timeout_s=2, threads=c if kind == "polite" else None)}
             if log is not None:  # HAProxy's own view: accepted requests' latency apart from the rejections'
-                row["haproxy_by_status"] = log.since_mark()
+                row["storm"] = log.since_mark((began, began + warmup_s))
+                row["steady"] = log.since_mark((began + warmup_s, began + warmup_s + seconds))
             emit(row)
             if factor == "1x":
                 at_c_star[kind] = row
-            else:
-                row["goodput_vs_peak"] = round(row["goodput"] / peak, 3)
-                row["p99_vs_c_star"] = round(row["p99_ms"] / max(at_c_star[kind]["p99_ms"], 1e-3), 2)
-                accepted = (row.get("haproxy_by_status") or {}).get("200", {}).get("p99_ms")
-                accepted_c_star = (at_c_star[kind].get("haproxy_by_status") or {}).get("200", {}).get("p99_ms")
-                emit({"bench": "overload", "client": kind, "load": factor, "goodput_vs_peak": row["goodput_vs_peak"],
-                      "p99_vs_c_star": row["p99_vs_c_star"],
-                      "accepted_p99_vs_c_star": round(accepted / max(accepted_c_star, 1), 2)
-                      if accepted is not None and accepted_c_star is not None else None})
+                continue
+            summary = {"bench": "overload", "client": kind, "load": factor, "connections": c,
+                       "goodput_vs_peak": round(row["goodput"] / peak, 3),
+                       "p99_vs_c_star": round(row["p99_ms"] / max(at_c_star[kind]["p99_ms"], 1e-3), 2)}
+            if log is not None:
+                accepted, base = row["steady"].get("200", {}), at_c_star[kind]["steady"].get("200", {})
+                summary["steady_goodput_vs_peak"] = round(accepted.get("per_s", 0.0) / peak, 3)
+                if accepted and base:
+                    summary["steady_accepted_p99_vs_c_star"] = round(accepted["p99_ms"] / max(base["p99_ms"], 1), 2)
+            emit(summary)
     after = wrk(url, hammer, c_star, 5, timeout_s=2)  # recovery: back to peak once the load drops
     emit({"bench": "overload", "phase": "after", **after, "vs_peak": round(after["goodput"] / peak, 3)})
 

@@ -39,45 +39,7 @@ import pyarrow.parquet as pq
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from edge import emit, free_port, shipped_deployment, start_cluster, stop_cluster, wrk
-
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {token}"
-local users = {{{users}}}
-local pause = {delay_ms}
-local counter = 0
-local threads = {{}}
-function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {{}} end
-function request()
-  counter = counter + 1
-  return wrk.format(nil, nil, nil, '{{"user_id": ' .. users[(counter % #users) + 1] .. ', "k": 10}}')
-end
-{delay_fn}
-function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
-function done(summary, latency, requests)
-  local all = {{}}
-  for _, t in ipairs(threads) do
-    for code, n in pairs(t:get("statuses")) do all[code] = (all[code] or 0) + n end
-  end
-  local parts = {{}}
-  for code, n in pairs(all) do table.insert(parts, '"' .. code .. '": ' .. n) end
-  io.write("STATUSES {{" .. table.concat(parts, ", ") .. "}}\\n")
-  io.write(string.format("LAT p50=%d p99=%d timeouts=%d\\n", latency:percentile(50), latency:percentile(99),
-                         summary.errors.timeout))
-end
-"""
-
-
-def lua(folder: Path, name: str, users: list[int], token: str, delay_ms: float | None) -> Path:
-    """wrk script; with ``delay_ms`` each connection waits that long before each request (pacing)."""
-    delay_fn = "function delay() return pause end" if delay_ms is not None else ""
-    path = folder / f"{name}.lua"
-    path.write_text(LUA.format(token=token, users=", ".join(map(str, users)), delay_ms=round(delay_ms or 0, 2),
-                               delay_fn=delay_fn))
-    return path
+from edge import emit, free_port, script, shipped_deployment, start_cluster, stop_cluster, wrk
 
 
 def tiled_candidates(demo: Path, users: int, out: Path, chunk: int = 200_000) -> Path:
@@ -221,8 +183,8 @@ def run(args, work: Path, redis_port: int, private: Path, app_args, token: str, 
             started = time.perf_counter()
             serve.run(shipped_deployment(args.config, mode_args), name=app, route_prefix=f"/{app}")
             ready_s = time.perf_counter() - started
-            script = lua(private, app, sample, token, None)
-            wrk(f"http://127.0.0.1:{port}/{app}/recommend", script, 4, 3)  # warm-up: every path touched
+            warm = script(private, app, sample, token)
+            wrk(f"http://127.0.0.1:{port}/{app}/recommend", warm, 4, 3)  # warm-up: every path touched
             rss = replica_rss_mb(app)
             results[f"rss_{mode}@{users}"] = emit({"bench": "candidates_store", "what": "replica_rss", "users": users,
                                                    "candidates_store": mode, "rss_mb": round(rss, 1),
@@ -257,7 +219,7 @@ def latency(args, private: Path, port: int, token: str, sample: list[int], app_a
         serve.run(shipped_deployment(args.config, config), name=app, route_prefix=f"/{app}")
         urls[name] = f"http://127.0.0.1:{port}/{app}/recommend"
     time.sleep(3)
-    closed = lua(private, "closed", sample, token, None)
+    closed = script(private, "closed", sample, token)
     for url in urls.values():
         wrk(url, closed, 4, 3)  # warm-up: first requests, HAProxy reloads
     c = args.connections
@@ -268,11 +230,11 @@ def latency(args, private: Path, port: int, token: str, sample: list[int], app_a
     paced: dict[str, list[dict]] = {name: [] for name in urls}
     delays = {}
     for name, url in urls.items():  # calibration: subtract the latency at this load from the cycle
-        probe = wrk(url, lua(private, f"probe-{name}", sample, token, cycle_ms), c, 3)
+        probe = wrk(url, script(private, f"probe-{name}", sample, token, pause_ms=cycle_ms), c, 3)
         delays[name] = max(0.0, cycle_ms - probe["p50_ms"])
     for repeat in range(args.repeats):
         for name, url in urls.items():
-            row = wrk(url, lua(private, f"paced-{name}", sample, token, delays[name]), c, args.seconds)
+            row = wrk(url, script(private, f"paced-{name}", sample, token, pause_ms=delays[name]), c, args.seconds)
             paced[name].append(emit({"bench": "candidates_store", "what": "half_peak", "config": name, "repeat": repeat,
                                      "target_req_per_s": round(target, 1), "delay_ms": round(delays[name], 1), **row}))
     medians = {name: float(np.median([r["p99_ms"] for r in rows])) for name, rows in paced.items()}

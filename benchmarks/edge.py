@@ -46,6 +46,7 @@ wrk.headers["Content-Type"] = "application/json"
 {auth}
 local users = {{{users}}}
 local polite = {polite}
+local pause = {pause_ms}
 local counter = 0
 local threads = {{}}
 function setup(thread) table.insert(threads, thread) end
@@ -54,7 +55,7 @@ function request()
   counter = counter + 1
   return wrk.format(nil, nil, nil, '{{"user_id": ' .. users[(counter % #users) + 1] .. ', "k": 10}}')
 end
-function delay() local d = wait; wait = 0; return d end
+function delay() local d = wait; wait = 0; return d + pause end
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
   if polite and status >= 400 then
@@ -102,10 +103,14 @@ def wrk(url: str, script: Path, connections: int, seconds: float, timeout_s: flo
             "client_cpu_share": round(client_cpu_s / (max(1, round(seconds)) * (os.cpu_count() or 1)), 3)}
 
 
-def script(folder: Path, name: str, users: list[int], token: str | None, polite: bool = False) -> Path:
+def script(folder: Path, name: str, users: list[int], token: str | None, polite: bool = False,
+           pause_ms: float = 0.0) -> Path:
+    """The wrk script: ``POST /recommend`` for ``users`` in turn, statuses counted; ``polite``: wait Retry-After
+    after a rejection; ``pause_ms``: each connection also waits that long before every request (pacing)."""
     auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
     path = folder / f"{name}.lua"
-    path.write_text(LUA.format(auth=auth, users=", ".join(map(str, users)), polite="true" if polite else "false"))
+    path.write_text(LUA.format(auth=auth, users=", ".join(map(str, users)), polite="true" if polite else "false",
+                               pause_ms=round(pause_ms, 2)))
     return path
 
 

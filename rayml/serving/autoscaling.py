@@ -14,7 +14,7 @@ In a Serve config::
       downscale_delay_s: 60
       policy:
         policy_function: rayml.serving.autoscaling:LatencySLOPolicy
-        policy_kwargs: {target_ms: 50, metric: latency_p95_ms}
+        policy_kwargs: {target_ms: 50, metric: latency_p95_ms, saturated_ongoing: 28}   # max_ongoing_requests: 32
 """
 
 from __future__ import annotations
@@ -58,30 +58,43 @@ class LatencySLOPolicy:
 
     - Above the target: scale in proportion to the overshoot, ``ceil(n · p / target)``, at most ``max_step``× a tick.
     - Below ``downscale_below × target`` with idle capacity: one replica fewer.
+    - Saturated (``saturated_ongoing``, optional): when the deployment's ongoing requests average at least that many
+      per replica, one replica more (or the latency rule's count, if larger), and never fewer. The latency a replica
+      measures is bounded by ``max_ongoing_requests``: what waits beyond it, in Serve's queue or answered 503, is not
+      in it. So on a fast node an overloaded replica can report a p95 under the target while it sheds; its ongoing
+      count, pinned at ``max_ongoing_requests``, tells. Set it a little below ``max_ongoing_requests``.
     - Otherwise keep the current count. Replicas that reported nothing yet are ignored; with no latency data at
       all the policy falls back on the queue: scale up when requests are waiting.
     The result is clamped to the deployment's (capacity-adjusted) ``min_replicas`` / ``max_replicas``.
     """
 
     def __init__(self, target_ms: float, metric: str = METRIC, downscale_below: float = 0.5,
-                 max_step: float = 2.0, target_ongoing_requests: float = 2.0) -> None:
+                 max_step: float = 2.0, target_ongoing_requests: float = 2.0,
+                 saturated_ongoing: float | None = None) -> None:
         if target_ms <= 0 or not 0 < downscale_below < 1 or max_step < 1:
             raise ValueError("need target_ms > 0, 0 < downscale_below < 1 and max_step >= 1")
+        if saturated_ongoing is not None and not saturated_ongoing > 0:
+            raise ValueError(f"saturated_ongoing: {saturated_ongoing} must be > 0, or null (off)")
         self.target_ms = target_ms
         self.metric = metric
         self.downscale_below = downscale_below
         self.max_step = max_step
         self.target_ongoing_requests = target_ongoing_requests
+        self.saturated_ongoing = saturated_ongoing
 
     def desired(self, current: int, latencies_ms: list[float], ongoing: float) -> int:
         """The decision itself, from plain numbers (what the unit tests drive)."""
         if current == 0:
             return 1 if ongoing > 0 else 0
+        saturated = self.saturated_ongoing is not None and ongoing >= self.saturated_ongoing * current
         if not latencies_ms:
-            return current + 1 if ongoing > self.target_ongoing_requests * current else current
+            busy = saturated or ongoing > self.target_ongoing_requests * current
+            return current + 1 if busy else current
         worst = max(latencies_ms)
         if worst > self.target_ms:
             return math.ceil(current * min(worst / self.target_ms, self.max_step))
+        if saturated:
+            return current + 1
         if worst < self.downscale_below * self.target_ms and ongoing < self.target_ongoing_requests * (current - 1):
             return current - 1
         return current

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from rayml.config import ConfigError, format_validation_error
 from rayml.serving.auth import write_demo_tokens
+from rayml.serving.autoscaling import LatencySLOPolicy
 from rayml.serving.config import RecommenderArgs, load_serving_repo
 from rayml.serving.ingress import Ingress, chosen_ingress, with_ingress
 
@@ -109,6 +110,8 @@ def overload_problems(index: int, args: RecommenderArgs, app: dict) -> list[str]
       that many; the rest wait in Serve's queue, never seen by the guard): batches never fill, or the guard never
       fires.
     - ``args.overload.in_flight`` below the batch size: while overloaded, batches could never fill.
+    - the latency-SLO policy's ``saturated_ongoing`` above ``max_ongoing_requests``: a replica's ongoing count
+      never exceeds that, so the saturation rule could never fire.
     """
     problems = []
     for j, deployment in enumerate(app.get("deployments") or []):
@@ -130,6 +133,18 @@ def overload_problems(index: int, args: RecommenderArgs, app: dict) -> list[str]
             problems.append(f"key 'applications.{index}.args.max_in_flight': {args.max_in_flight} is not below what "
                             f"Serve lets into the app ({where}.max_ongoing_requests: {ongoing}): it would never "
                             "shed; lower it or set 0")
+        policy = (deployment.get("autoscaling_config") or {}).get("policy") or {}
+        kwargs = policy.get("policy_kwargs") or {}
+        if policy.get("policy_function") == "rayml.serving.autoscaling:LatencySLOPolicy":
+            try:  # what Serve would construct at deploy time, refused here with its key instead
+                LatencySLOPolicy(**kwargs)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"key '{where}.autoscaling_config.policy.policy_kwargs': {exc}")
+        saturated = kwargs.get("saturated_ongoing")
+        if isinstance(saturated, int | float) and ongoing is not None and saturated > ongoing:
+            problems.append(f"key '{where}.autoscaling_config.policy.policy_kwargs.saturated_ongoing': {saturated} "
+                            f"is above {where}.max_ongoing_requests ({ongoing}), the most a replica ever has "
+                            "ongoing: it could never fire; set it a little below")
     return problems
 
 

@@ -63,6 +63,29 @@ def test_without_latency_reports_the_queue_decides():
 def test_rejects_nonsense_parameters():
     with pytest.raises(ValueError, match="target_ms > 0"):
         LatencySLOPolicy(target_ms=0)
+    with pytest.raises(ValueError, match=r"saturated_ongoing: 0 must be > 0, or null \(off\)"):
+        LatencySLOPolicy(target_ms=50, saturated_ongoing=0)
+
+
+def test_full_replicas_scale_up_although_their_latency_is_under_the_target():
+    # What an overloaded replica on a fast node reports: p95 under the target (Serve lets only
+    # max_ongoing_requests in; the rest queue or get 503), ongoing pinned at max_ongoing_requests (32).
+    policy = LatencySLOPolicy(target_ms=50, saturated_ongoing=28)
+    assert policy(context(1, {"a": 20}, ongoing=32))[0] == 2
+    assert policy(context(2, {"a": 20, "b": 22}, ongoing=60))[0] == 3  # 30 a replica: still full
+    assert policy(context(2, {"a": 20, "b": 22}, ongoing=40))[0] == 2  # 20 a replica: not full, not idle
+    assert policy(context(2, {}, ongoing=60))[0] == 3  # before any latency report, too
+    assert policy(context(1, {"a": 200}, ongoing=32))[0] == 2  # the latency rule's count when larger: ceil(1 × 2)
+    assert policy(context(2, {"a": 300}, ongoing=60))[0] == 4
+    # Without the setting (the default) the same full replica stays alone: the gap this closes.
+    assert LatencySLOPolicy(target_ms=50)(context(1, {"a": 20}, ongoing=32))[0] == 1
+
+
+def test_saturated_never_scales_down():
+    policy = LatencySLOPolicy(target_ms=50, saturated_ongoing=28, target_ongoing_requests=2)
+    # Low latency would scale 3 → 2 if the replicas were idle; full, they grow instead.
+    assert policy(context(3, {"a": 5, "b": 5, "c": 5}, ongoing=3 * 30))[0] == 4
+    assert policy(context(3, {"a": 5, "b": 5, "c": 5}, ongoing=1))[0] == 2
 
 
 def test_latency_window_reports_p95_of_recent_requests_only():

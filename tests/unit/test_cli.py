@@ -139,3 +139,24 @@ def test_serve_refuses_overload_settings_that_cannot_work(tmp_path):
         bad.write_text(yaml.safe_dump(config))
         result = run("serve", str(bad))
         assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_serve_refuses_autoscaling_kwargs_that_cannot_work(tmp_path):
+    import yaml
+
+    config = yaml.safe_load(Path("serve_apps/recommender.yaml").read_text())
+    deployment = config["applications"][0]["deployments"][0]
+    where = "applications.0.deployments.0.autoscaling_config.policy.policy_kwargs"
+    bad = tmp_path / "autoscaling.yaml"
+    for kwargs, says in (
+        ({"target_ms": 50, "saturated_ongoing": 40},  # above max_ongoing_requests (32): a replica never has 40
+         f"key '{where}.saturated_ongoing': 40 is above applications.0.deployments.0.max_ongoing_requests (32)"),
+        ({"target_ms": 50, "saturated_ongoing": -1}, f"key '{where}': saturated_ongoing: -1 must be > 0"),
+        ({"target_ms": 0}, f"key '{where}': need target_ms > 0"),
+        ({"target_ms": 50, "saturation": 28}, f"key '{where}': "),  # a misspelt key: TypeError, named
+    ):
+        deployment["autoscaling_config"]["policy"]["policy_kwargs"] = kwargs
+        bad.write_text(yaml.safe_dump(config))
+        result = run("serve", str(bad))
+        assert result.exit_code == 2 and f"{bad}: {says}" in result.output, result.output
+    assert "unexpected keyword argument 'saturation'" in result.output

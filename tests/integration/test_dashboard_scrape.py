@@ -7,6 +7,7 @@ METRICS.md's table is checked the same way: each exported series is scraped with
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 import time
@@ -20,6 +21,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.clients import run_clients
 from tests.conftest import MEASURED, RedisServer
 from tests.integration.conftest import write_feature_repo
 from tests.integration.test_monitoring_serving import WINDOW_S, monitored  # noqa: F401 (a fixture)
@@ -107,51 +109,35 @@ def redis_app(serve_url, recommender_args, tiny_world, feature_repo, candidates,
 def drive(monitored_url: str, serve_url: str, users: np.ndarray, seconds: float) -> dict[str, int]:
     """Three clients on the monitored app (recommend, a click on 30 % of the answers with their request_id) and
     one on OIP infer of the default app, for ``seconds``."""
-    stop = threading.Event()
     sent: dict[str, int] = defaultdict(int)
-    failures: list[str] = []
 
-    def recommend(seed: int) -> None:
+    def recommend(stop: threading.Event, seed: int) -> None:
         rng = np.random.default_rng(seed)
         with requests.Session() as session:
             while not stop.is_set():
                 user = int(rng.choice(users))
                 r = session.post(f"{monitored_url}/recommend", json={"user_id": user, "k": 5}, timeout=10)
-                if r.status_code != 200:
-                    failures.append(f"/recommend {r.status_code}: {r.text[:200]}")
-                    return
+                assert r.status_code == 200, f"/recommend {r.status_code}: {r.text[:200]}"
                 sent["recommend"] += 1
                 if rng.random() < 0.3:
                     click = {"user_id": user, "item_id": r.json()["items"][0], "clicked": True,
                              "request_id": r.json()["request_id"]}
                     e = session.post(f"{monitored_url}/events", json={"events": [click]}, timeout=10)
-                    if e.status_code != 200:
-                        failures.append(f"/events {e.status_code}: {e.text[:200]}")
-                        return
+                    assert e.status_code == 200, f"/events {e.status_code}: {e.text[:200]}"
                     sent["events"] += 1
 
-    def infer() -> None:
+    def infer(stop: threading.Event) -> None:
         width = requests.get(f"{serve_url}/v2/models/ranker", timeout=10).json()["inputs"][0]["shape"][1]
         x = np.random.default_rng(0).random((4, width)).astype(np.float32)
         body = {"inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
         with requests.Session() as session:
             while not stop.is_set():
                 r = session.post(f"{serve_url}/v2/models/ranker/infer", json=body, timeout=10)
-                if r.status_code != 200:
-                    failures.append(f"/v2/models/ranker/infer {r.status_code}: {r.text[:200]}")
-                    return
+                assert r.status_code == 200, f"/v2/models/ranker/infer {r.status_code}: {r.text[:200]}"
                 sent["infer"] += 1
                 time.sleep(0.2)
 
-    threads = [threading.Thread(target=recommend, args=(i,), daemon=True) for i in range(3)]
-    threads.append(threading.Thread(target=infer, daemon=True))
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(timeout=15)
-    assert not failures, failures
+    run_clients([*(functools.partial(recommend, seed=i) for i in range(3)), infer], seconds)
     return dict(sent)
 
 

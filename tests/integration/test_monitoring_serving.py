@@ -5,6 +5,7 @@ the outcome log and exports performance (delayed and estimated) and the model's 
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -13,6 +14,8 @@ import urllib.request
 import numpy as np
 import pytest
 import requests
+
+from tests.clients import run_clients
 
 pytestmark = pytest.mark.integration
 WINDOW_S = 4.0
@@ -53,9 +56,9 @@ def monitored(serve_url, recommender_args, tmp_path_factory):
 
 
 def _drive(url: str, users: np.ndarray, seconds: float) -> int:
-    stop, sent = threading.Event(), [0]
+    sent = [0]
 
-    def loop(seed: int) -> None:
+    def loop(stop: threading.Event, seed: int) -> None:
         rng = np.random.default_rng(seed)
         with requests.Session() as session:
             while not stop.is_set():
@@ -69,13 +72,7 @@ def _drive(url: str, users: np.ndarray, seconds: float) -> int:
                              "request_id": answer["request_id"]}
                     assert session.post(f"{url}/events", json={"events": [click]}, timeout=10).status_code == 200
 
-    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(3)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(timeout=15)
+    run_clients([functools.partial(loop, seed=i) for i in range(3)], seconds)
     return sent[0]
 
 

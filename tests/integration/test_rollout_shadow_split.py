@@ -7,6 +7,7 @@ it on first use; it disagrees), and a version the Ranker cannot load (shadow err
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 import requests
 
 from rayml.registry import ModelRegistry
+from tests.clients import run_clients
 from tests.conftest import MEASURED
 from tests.integration.test_rollout_canary import _harness
 from tests.integration.test_serving_swap import copy_version, wait_for
@@ -47,9 +49,8 @@ def split_app(serve_url, trained, recommender_args, tmp_path_factory):
 def _traffic(url: str, users: int, seconds: float, clients: int = 2) -> list[int]:
     """HTTP statuses of ``clients`` loops of /recommend for random users, for ``seconds``."""
     statuses: list[int] = []
-    stop = threading.Event()
 
-    def client(seed: int) -> None:
+    def client(stop: threading.Event, seed: int) -> None:
         rng = np.random.default_rng(seed)
         with requests.Session() as session:
             while not stop.is_set():
@@ -57,13 +58,7 @@ def _traffic(url: str, users: int, seconds: float, clients: int = 2) -> list[int
                 statuses.append(session.post(f"{url}/recommend", json={"user_id": user, "k": 10}, timeout=30)
                                 .status_code)
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(timeout=35)
+    run_clients([functools.partial(client, seed=i) for i in range(clients)], seconds, join_s=35)
     return statuses
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 import requests
+
+from tests.clients import run_clients
 
 pytestmark = pytest.mark.integration
 
@@ -48,26 +49,17 @@ def running_replicas(app: str, name: str) -> int:
 
 def drive_until(url: str, seconds: float, done) -> dict[int, int]:
     """8 clients (twice what one replica admits) until ``done()`` or ``seconds``; statuses counted."""
-    stop = threading.Event()
     statuses: dict[int, int] = {}
     lock = threading.Lock()
 
-    def client() -> None:
+    def client(stop: threading.Event) -> None:
         with requests.Session() as session:
             while not stop.is_set():
                 status = session.get(url, timeout=10).status_code
                 with lock:
                     statuses[status] = statuses.get(status, 0) + 1
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(2 * ONGOING)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not done():
-        time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join(timeout=15)
+    run_clients([client] * (2 * ONGOING), seconds, until=done)
     return statuses
 
 

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
@@ -283,13 +284,13 @@ def stop_cluster(private: Path) -> None:
 
 
 # accept date, then %TR/%Tw/%Tc/%Tr/%Ta %ST (option httplog)
-HTTPLOG = re.compile(rb"\[(\d+/\w+/\d+:\d+:\d+:\d+\.\d+)\] .* -?\d+/-?\d+/-?\d+/(-?\d+)/(-?\d+) (-?\d+) "
+HTTPLOG = re.compile(rb"\[(\d+/\w+/\d+:\d+:\d+:\d+\.\d+)\] .* -?\d+/-?\d+/-?\d+/-?\d+/(-?\d+) (-?\d+) "
                      rb"-?\d+ \S+ \S+ (\S{4}) ")  # then %B %CC %CS %tsc: the session's termination state
 
 
 class HAProxyLog:
-    """Per-status counts and latency (``%Ta``, ms) of the requests HAProxy logged since :meth:`mark`, and the
-    server's share of it (``%Tr``: from the request sent to the replica to its response headers)."""
+    """Per-status counts, latency (``%Ta``, ms) and termination states of the requests HAProxy logged since
+    :meth:`mark`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -305,7 +306,7 @@ class HAProxyLog:
         """``window``: (start, end) in ``time.time()`` seconds; only requests HAProxy accepted within it count,
         and each status then also gets its rate (``per_s``) over the window."""
         latencies: dict[str, list[int]] = {}
-        endings: dict[str, dict[str, int]] = {}  # per status: HAProxy's termination states, e.g. "SD--", "CD--"
+        endings: dict[str, Counter[str]] = defaultdict(Counter)  # per status: termination states, e.g. "CH--"
         for f in self.files():
             with f.open("rb") as handle:
                 handle.seek(self.offsets.get(f, 0))
@@ -319,12 +320,11 @@ class HAProxyLog:
                         accepted = datetime.strptime(match.group(1).decode(), "%d/%b/%Y:%H:%M:%S.%f").timestamp()
                         if not window[0] <= accepted < window[1]:
                             continue
-                    status, ending = match.group(4).decode(), match.group(5).decode()
-                    latencies.setdefault(status, []).append(int(match.group(3)))
-                    endings.setdefault(status, {}).setdefault(ending, 0)
-                    endings[status][ending] += 1
+                    status = match.group(3).decode()
+                    latencies.setdefault(status, []).append(int(match.group(2)))
+                    endings[status][match.group(4).decode()] += 1
         out = {status: {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-                        "endings": endings[status]}
+                        "endings": dict(endings[status])}
                for status, ms in sorted(latencies.items())}
         if window is not None:
             for row in out.values():

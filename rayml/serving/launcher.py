@@ -135,11 +135,12 @@ def overload_problems(index: int, args: RecommenderArgs, app: dict) -> list[str]
                             "shed; lower it or set 0")
         policy = (deployment.get("autoscaling_config") or {}).get("policy") or {}
         kwargs = policy.get("policy_kwargs") or {}
-        if policy.get("policy_function") == "rayml.serving.autoscaling:LatencySLOPolicy":
-            try:  # what Serve would construct at deploy time, refused here with its key instead
-                LatencySLOPolicy(**kwargs)
-            except (TypeError, ValueError) as exc:
-                problems.append(f"key '{where}.autoscaling_config.policy.policy_kwargs': {exc}")
+        if policy.get("policy_function") != "rayml.serving.autoscaling:LatencySLOPolicy":
+            continue
+        try:  # what Serve would construct at deploy time, refused here with its key instead
+            LatencySLOPolicy(**kwargs)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"key '{where}.autoscaling_config.policy.policy_kwargs': {exc}")
         saturated = kwargs.get("saturated_ongoing")
         if isinstance(saturated, int | float) and ongoing is not None and saturated > ongoing:
             problems.append(f"key '{where}.autoscaling_config.policy.policy_kwargs.saturated_ongoing': {saturated} "

@@ -5,7 +5,7 @@
 Generates synthetic Parquet in a temp dir (60 float32 numeric features, 5 % NaN in some, plus 4 categorical:
 strings of 10 / 100 / 1000 categories and an int32 code column profiled as categorical), written in chunks of
 250k rows per file with pyarrow. Profiles the first ``--small`` rows, then all ``--rows``, with
-``batch_jobs/profile_features.py``'s ``profile_parquet`` on ``ray.init(num_cpus=2)``, and prints one JSON line per
+``rayml.monitoring.profile_job.profile_parquet`` (the job of ``batch_jobs/profile_features.py``) on ``ray.init(num_cpus=2)``, and prints one JSON line per
 run: wall time, rows/s, peak summed RSS of this cluster's Ray worker processes (``ray::`` in /proc/<pid>/cmdline and
 a child of this Ray's raylet; VmRSS and RssAnon polled every 0.2 s), peak object store bytes used (the raylet's
 store stats, polled every 0.4 s) and the bytes created in the store during the run (its cumulative counter: an
@@ -17,7 +17,6 @@ With ``--keep DIR`` the generated data is kept there and reused by later runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import secrets
@@ -34,19 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parent.parent
 N_NUMERIC = 60
 CATEGORIES = {"cat_10": 10, "cat_100": 100, "cat_1000": 1000}
 CHUNK = 250_000
-
-
-def load_job():
-    spec = importlib.util.spec_from_file_location("profile_features_job", REPO / "batch_jobs" / "profile_features.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def generate(folder: Path, rows: int, seed: int = 0) -> float:
@@ -249,7 +238,8 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    job = load_job()
+    from rayml.monitoring import profile_job as job
+
     data = args.keep or tmp / "data"
     try:
         full = data / "full"

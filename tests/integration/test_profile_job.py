@@ -1,32 +1,21 @@
-"""batch_jobs/profile_features.py on the shared Ray: a fixed pool of folding actors gives the in-process profile."""
+"""The profiling job (rayml.monitoring.profile_job, run by batch_jobs/profile_features.py) on the shared Ray:
+a fixed pool of folding actors gives the in-process profile."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rayml.monitoring import profile_job as job
 from rayml.monitoring.reference import load_reference, save_reference
 from rayml.monitoring.sketches import Profile, kll_rank_error
 from rayml.registry import ModelRegistry
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
 ROWS, FILES = 50_000, 5
-
-
-def load_job():
-    spec = importlib.util.spec_from_file_location("profile_features_job", REPO / "batch_jobs" / "profile_features.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +38,6 @@ def parquet_dir(tmp_path_factory):
 
 
 def test_job_profile_equals_in_process_profile(ray_session, parquet_dir, tmp_path):
-    job = load_job()
     folder, table = parquet_dir
     run = job.profile_parquet(str(folder), categorical=["code"], num_cpus=0.5, batch_size=8_000)
     profile = run.profile
@@ -88,7 +76,6 @@ def test_job_profile_equals_in_process_profile(ray_session, parquet_dir, tmp_pat
 
 def test_pool_size_is_fixed_and_rows_are_folded_exactly(ray_session, parquet_dir, tmp_path):
     """Two actors fold five files into at most two partials; a lone file of row groups is split among them."""
-    job = load_job()
     folder, table = parquet_dir
     schema = {"x": "numeric", "z": "numeric", "city": "categorical", "code": "categorical"}
     local = Profile.from_frame(table, schema)

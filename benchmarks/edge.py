@@ -35,6 +35,7 @@ import time
 from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -91,8 +92,11 @@ def wrk(url: str, script: Path, connections: int, seconds: float, timeout_s: flo
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s",
                           "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
-    statuses = json.loads(re.search(r"STATUSES (\{.*\})", out).group(1))
+    found = re.search(r"STATUSES (\{.*\})", out)
     lat = re.search(r"LAT p50=(\d+) p99=(\d+) timeouts=(\d+)", out)
+    if found is None or lat is None:
+        raise RuntimeError(f"wrk printed no summary (is {script} a script of this module?):\n{out}")
+    statuses = json.loads(found.group(1))
     total = sum(statuses.values())
     ok = sum(n for code, n in statuses.items() if code.startswith("2"))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -128,7 +132,7 @@ def echo_app():
         async def echo(self, body: dict) -> dict:  # builtin annotation: resolvable under postponed evaluation
             return body
 
-    return Echo.bind()
+    return Echo.bind()  # type: ignore[attr-defined]  # serve.deployment's class gains bind()
 
 
 def replica_port(lo: int, hi: int, taken: set[int]) -> int | None:
@@ -170,7 +174,8 @@ def main() -> None:
         serve.run(echo_app(), name="echo", route_prefix="/echo")
         echo_port = replica_port(ports.direct_http_min, ports.direct_http_min + ports.direct_span, set())
         serve.run(shipped_deployment(args.config, app_args), name="recommender", route_prefix="/")
-        rec_port = replica_port(ports.direct_http_min, ports.direct_http_min + ports.direct_span, {echo_port})
+        rec_port = replica_port(ports.direct_http_min, ports.direct_http_min + ports.direct_span,
+                                {echo_port} if echo_port is not None else set())
         base = f"http://127.0.0.1:{port}"
         time.sleep(3)
         for target in (f"{base}/echo/", f"{base}/recommend"):  # warm-up: first requests and HAProxy reloads
@@ -323,7 +328,7 @@ class HAProxyLog:
                     status = match.group(3).decode()
                     latencies.setdefault(status, []).append(int(match.group(2)))
                     endings[status][match.group(4).decode()] += 1
-        out = {status: {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+        out: dict[str, dict[str, Any]] = {status: {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                         "endings": dict(endings[status])}
                for status, ms in sorted(latencies.items())}
         if window is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,7 +43,7 @@ def plain_merge_asof(entity_df: pd.DataFrame, history: pd.DataFrame) -> pd.DataF
     return joined.sort_values("order").reset_index(drop=True)  # back to the input order, like rayml's
 
 
-def median_seconds(fn, repeats: int) -> tuple[float, object]:
+def median_seconds(fn, repeats: int) -> tuple[float, Any]:
     times, out = [], None
     for _ in range(repeats):
         start = time.perf_counter()

@@ -149,7 +149,7 @@ def shadow_overhead(a: argparse.Namespace, url: str, lua: Path, store: Any, rout
     c = half["connections"]
     emit({"bench": "rollout_overhead", "what": "half load", "peak": peak, "connections": c,
           "req_per_s": half["req_per_s"]})
-    shadow = {"off": [], "on": []}
+    shadow: dict[str, list[dict]] = {"off": [], "on": []}
     for i in range(a.pairs):
         for mode in abba(i, ("off", "on")):
             store.set_shadow({"alias": "shadow", "config": {"fraction": 0.1}} if mode == "on" else None)

@@ -25,14 +25,15 @@ from stage_cpu import serve_calls, shipped_core
 
 from rayml.rollout.outcomes import OutcomeLogger
 from rayml.rollout.router import CanaryWeights, Router
-from rayml.serving.recommender import RecommendCall, RecommenderCore
+from rayml.serving.recommender import Prepared, RecommendCall, RecommenderCore
 
 
 def onnx_split_us(core: RecommenderCore, users: np.ndarray, batch: int, canary_pct: float, repeats: int) -> float:
     """Extra CPU µs per request when ``batch`` requests split into the canary's share and production's."""
-    prepared = core.prepare_many([RecommendCall(int(u), 10) for u in users[:batch]])
+    prepared = [p for p in core.prepare_many([RecommendCall(int(u), 10) for u in users[:batch]])
+                if isinstance(p, Prepared)]
     ranker = prepared[0].ranker
-    rows = [p.features for p in prepared]
+    rows: list[np.ndarray] = [p.features for p in prepared]
     n_canary = round(batch * canary_pct / 100)
     if n_canary in (0, batch):
         return 0.0  # every batch of this size is one version: no second call

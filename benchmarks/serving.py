@@ -82,7 +82,7 @@ def main() -> None:
     ray.init(num_cpus=2, object_store_memory=400 * 1024 * 1024, include_dashboard=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")  # type: ignore[attr-defined]
     # The deployments' defaults: one replica, 0.5 CPU, max_ongoing_requests 32 (the Ranker: 0.5 CPU too).
     serve.run(build_recommender(app_args), name="recommender", route_prefix="/")
     base = f"http://127.0.0.1:{port}"

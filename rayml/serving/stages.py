@@ -352,16 +352,38 @@ class Ranking:
             if absent:
                 raise RegistryError(f"{version.label} needs features {absent} that view {view!r} does not serve")
         session = ort_session(version.file(artifact), threads=1) if self.sessions else None
-        items = self.encode_items(encoders[1]) if self.encode_items is not None else None
+        items = self._shared_items(encoders[1])
+        if items is None and self.encode_items is not None:
+            items = self.encode_items(encoders[1])
         return LoadedRanker(version.label, artifact, encoders[0], encoders[1], session, items)
 
+    def _served(self) -> list[AliasFollower[LoadedRanker]]:
+        """The default's follower and the extra aliases' (none while the constructor loads the default)."""
+        default = getattr(self, "follower", None)
+        return [*([default] if default is not None else []), *getattr(self, "extra", {}).values()]
+
+    def _shared_items(self, encoder: FeatureEncoder) -> EncodedItems | None:
+        """The item rows a served version already holds for an equal item encoder (the same features and fitted
+        statistics, e.g. a version's int8 twin or a retrain that kept the encoder): one copy, not one per version."""
+        for follower in self._served():
+            loaded = follower.value
+            if loaded.items is not None and loaded.item_encoder == encoder:
+                return loaded.items
+        return None
+
     def refresh_items(self) -> None:
-        """Re-encode every served version's item rows (after the item view was materialized again)."""
+        """Re-encode every served version's item rows (after the item view was materialized again), once per
+        distinct item encoder."""
         if self.encode_items is None:
             return
-        for follower in [self.follower, *self.extra.values()]:
+        done: list[tuple[FeatureEncoder, EncodedItems | None]] = []
+        for follower in self._served():
             loaded = follower.value
-            follower.value = replace(loaded, items=self.encode_items(loaded.item_encoder))
+            same = [rows for encoder, rows in done if encoder == loaded.item_encoder]
+            items = same[0] if same else self.encode_items(loaded.item_encoder)
+            if not same:
+                done.append((loaded.item_encoder, items))
+            follower.value = replace(loaded, items=items)
 
     def swap(self, ref: str) -> str:
         """Serve (and follow) ``ref`` as the default from now on; on any load error keep the current one, re-raise."""

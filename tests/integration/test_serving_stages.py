@@ -4,10 +4,12 @@ split plan's ranker sessions load by version label."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from rayml.features import FeatureEncoder
 from rayml.features.definitions import FeatureRepo
 from rayml.features.service import OnlineFeatures
 from rayml.registry import ModelRegistry
@@ -93,3 +95,48 @@ def test_ranker_sessions_load_by_label_evict_and_refuse_other_models(serving_par
     for bad in ("retriever:v1", "ranker:vlatest", "ranker"):
         with pytest.raises(KeyError, match="not one of model 'ranker'"):
             sessions.session(bad)
+
+
+def test_versions_with_equal_item_encoders_share_one_copy_of_item_rows(serving_parts, trained, tmp_path):
+    """A canary or shadow whose item encoder equals production's (its int8 twin, a retrain that kept the encoder)
+    holds the same item rows, not a second copy; one with refitted statistics gets its own, and answers by them."""
+    args, repo = serving_parts
+    registry, _ = trained
+    twin = copy_version(registry, "1", "same encoders")
+    source = registry.get("ranker", "1")
+    fitted = FeatureEncoder.load(source.file("item_encoder.json"))
+    first = fitted.numeric[0]
+    refitted = replace(fitted, numeric=[replace(first, mean=first.mean + 1.0), *fitted.numeric[1:]])
+    refitted.save(tmp_path / "item_encoder.json")
+    meta = {k: v for k, v in source.metadata.items() if k not in ("name", "version", "files", "created_at", "writer")}
+    files = {name: source.file(name) for name in source.metadata["files"]} | {"item_encoder.json": tmp_path / "item_encoder.json"}
+    refit = registry.register("ranker", files, meta | {"note": "refitted item encoder"}).version
+    registry.set_alias("ranker", "twin", twin)
+    registry.set_alias("ranker", "refit", refit)
+    core = RecommenderCore(args.model_copy(update={"ranker_aliases": ["twin", "refit"]}), repo)
+    encoded: list[FeatureEncoder] = []
+    build = core.ranking.encode_items
+    assert build is not None
+    core.ranking.encode_items = lambda encoder: (encoded.append(encoder), build(encoder))[1]
+    try:
+        default, aliases = core.ranking.default, core.ranking.aliases
+        assert default.items is not None
+        assert aliases["twin"].items is default.items  # one copy for the equal encoder
+        assert aliases["refit"].items is not None and aliases["refit"].items is not default.items
+        assert not np.array_equal(aliases["refit"].items.matrix, default.items.matrix)
+        for alias in (None, "twin", "refit"):  # the shared and the own rows encode as each version's encoder does
+            ranker = core.ranking.ranker_for(alias)
+            prepared = core.prepare_many([RecommendCall(3, 5, alias=alias)])
+            (batch,) = core.ranking_batches(prepared)
+            p = batch.members[0]
+            users = p.lookups[args.user_view]
+            direct = np.hstack([
+                np.repeat(ranker.user_encoder.transform_columns(users.columns, n=1), len(p.item_ids), axis=0),
+                ranker.item_encoder.transform_columns(p.lookups[args.item_view].columns, n=len(p.item_ids))])
+            np.testing.assert_array_equal(p.features, direct)
+        core.ranking.refresh_items()  # after a materialization: once per distinct encoder, shared again
+        assert encoded == [fitted, refitted]
+        assert core.ranking.aliases["twin"].items is core.ranking.default.items
+        assert core.ranking.aliases["refit"].items is not core.ranking.default.items
+    finally:
+        core.close()

@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from edge import emit, script, shipped_deployment, start_cluster, stop_cluster, wrk
+from replica_failure import replica_pids
 
 CONFIG = "serve_apps/recommender.yaml"
 
@@ -41,12 +42,28 @@ def cpu_jiffies() -> int:
     return sum(int(f) for f in fields) - idle
 
 
+def process_jiffies(pids: list[int]) -> int:
+    """User + system CPU of ``pids`` (0 for one that is gone), in USER_HZ ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total
+
+
 def measured(url: str, lua: Path, connections: int, seconds: float) -> dict:
-    before = cpu_jiffies()
+    """wrk's figures plus CPU µs per request: the machine's (``/proc/stat``) and the recommender replica's own."""
+    replicas = replica_pids("recommender")
+    before, replica_before = cpu_jiffies(), process_jiffies(replicas)
     result = wrk(url, lua, connections, seconds)
     used_s = (cpu_jiffies() - before) / 100  # USER_HZ
-    total = sum(result["statuses"].values())
-    return {**result, "cpu_us_per_request": round(used_s / max(total, 1) * 1e6, 1)}
+    replica_s = (process_jiffies(replicas) - replica_before) / 100
+    total = max(sum(result["statuses"].values()), 1)
+    return {**result, "cpu_us_per_request": round(used_s / total * 1e6, 1),
+            "replica_cpu_us_per_request": round(replica_s / total * 1e6, 1)}
 
 
 def spread(ratios: list[float]) -> dict[str, Any]:
@@ -130,10 +147,15 @@ def main() -> None:
             ratios = [on["req_per_s"] / off["req_per_s"] for off, on in zip(router["off"], router["on"], strict=True)]
             cpu = [on["cpu_us_per_request"] / off["cpu_us_per_request"]
                    for off, on in zip(router["off"], router["on"], strict=True)]
+            replica_cpu = [on["replica_cpu_us_per_request"] / max(off["replica_cpu_us_per_request"], 1e-9)
+                           for off, on in zip(router["off"], router["on"], strict=True)]
             emit({"bench": "rollout_overhead", "summary": "router+outcome log", "canary_pct": a.canary_pct,
                   "throughput": spread(ratios), "cpu_per_request": spread(cpu),
                   "cpu_us_off": median(r["cpu_us_per_request"] for r in router["off"]),
-                  "cpu_us_on": median(r["cpu_us_per_request"] for r in router["on"]), "target": ">= 0.97"})
+                  "cpu_us_on": median(r["cpu_us_per_request"] for r in router["on"]),
+                  "replica_cpu_per_request": spread(replica_cpu),
+                  "replica_cpu_us_off": median(r["replica_cpu_us_per_request"] for r in router["off"]),
+                  "replica_cpu_us_on": median(r["replica_cpu_us_per_request"] for r in router["on"]), "target": ">= 0.97"})
         if "shadow" in parts:
             shadow_overhead(a, url, lua, store, router["off"])
         if "monitoring" in parts:

@@ -113,7 +113,7 @@ def profile_parquet(source: str, *, columns: Sequence[str] | None = None, catego
     pool = min(concurrency, max(len(units), 1))
     names, dataset_schema, rows_per_batch = list(schema), dataset.schema, batch_size or DEFAULT_BATCH_ROWS
 
-    class ProfileFold:  # defined here so Ray pickles it by value: the job module need not be importable
+    class ProfileFold:  # defined here: it closes over this run's schema and sketch parameters
         """One running profile; ``fold`` adds a file (or row group) batch by batch, ``result`` returns it."""
 
         def __init__(self) -> None:

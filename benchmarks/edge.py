@@ -328,9 +328,10 @@ class HAProxyLog:
                     status = match.group(3).decode()
                     latencies.setdefault(status, []).append(int(match.group(2)))
                     endings[status][match.group(4).decode()] += 1
-        out: dict[str, dict[str, Any]] = {status: {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-                        "endings": dict(endings[status])}
-               for status, ms in sorted(latencies.items())}
+        out: dict[str, dict[str, Any]] = {
+            status: {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+                     "endings": dict(endings[status])}
+            for status, ms in sorted(latencies.items())}
         if window is not None:
             for row in out.values():
                 row["per_s"] = round(row["n"] / (window[1] - window[0]), 1)

@@ -5,9 +5,9 @@
 Generates synthetic Parquet in a temp dir (60 float32 numeric features, 5 % NaN in some, plus 4 categorical:
 strings of 10 / 100 / 1000 categories and an int32 code column profiled as categorical), written in chunks of
 250k rows per file with pyarrow. Profiles the first ``--small`` rows, then all ``--rows``, with
-``rayml.monitoring.profile_job.profile_parquet`` (the job of ``batch_jobs/profile_features.py``) on ``ray.init(num_cpus=2)``, and prints one JSON line per
-run: wall time, rows/s, peak summed RSS of this cluster's Ray worker processes (``ray::`` in /proc/<pid>/cmdline and
-a child of this Ray's raylet; VmRSS and RssAnon polled every 0.2 s), peak object store bytes used (the raylet's
+``rayml.monitoring.profile_job.profile_parquet`` (the job of ``batch_jobs/profile_features.py``) on
+``ray.init(num_cpus=2)``, and prints one JSON line per run: wall time, rows/s, peak summed RSS of this cluster's
+Ray worker processes (``ray::`` in /proc/<pid>/cmdline and a child of this Ray's raylet; VmRSS and RssAnon polled every 0.2 s), peak object store bytes used (the raylet's
 store stats, polled every 0.4 s) and the bytes created in the store during the run (its cumulative counter: an
 upper bound on the peak that polling cannot miss), the peak of workers' RSS plus the store sampled together, the
 driver's peak RSS, and accuracy checks against numpy on one column. A last line gives the 10M / 1M ratios.

@@ -92,7 +92,8 @@ def main() -> None:
         emit({"bench": "replica_failure", "replicas": len(pids), "victim": victim, "requests": total, "lost": lost,
               "lost_share": round(lost / max(total, 1), 5), "lost_statuses": lost_codes,
               "timeouts": sum(r["timeouts"] for r in slices), "median_goodput_before": before,
-              "seconds_to_90pct": back, "killed_at_s": args.kill_at, "wall_s": round(time.monotonic() - killed, 1) if killed is not None else None,
+              "seconds_to_90pct": back, "killed_at_s": args.kill_at,
+              "wall_s": round(time.monotonic() - killed, 1) if killed is not None else None,
               "replacement_pid_seen_s": next((r["replacement_pid_seen_s"] for r in slices
                                               if "replacement_pid_seen_s" in r), None),
               "replacement_startup_s": startup_of(url, replacement)})
